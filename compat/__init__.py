@@ -1,0 +1,1 @@
+"""Client-side compatibility: Python semantic-function frontend, OpenAI and LangChain helpers."""

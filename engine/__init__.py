@@ -1,0 +1,1 @@
+"""Engines behind Parrot's context-oriented protocol (builtin PyTorch, remote HTTP, echo)."""

@@ -1,0 +1,1 @@
+"""Attention kernels: torch reference (the oracle), CPU path, Triton GPU path."""
