@@ -1,0 +1,170 @@
+"""Per-step attention plan over paged KV, built once per step and reused by every layer.
+
+Token order in the flat batch: all decode tokens first (one per sequence), then prefill
+chunks. Decode sequences whose block tables start with the same blocks form a shared-prefix
+group: their queries are stacked against the prefix KV once, their private suffixes are
+attended in the batched decode call, and the two partial results are merged exactly.
+
+    seq A blocks: [ P0 P1 P2 | a3 a4 ]      prefix attention: q[A,B,C] vs KV(P0..P2), once
+    seq B blocks: [ P0 P1 P2 | b3 ]         suffix attention: each q vs its own a*/b*/c*
+    seq C blocks: [ P0 P1 P2 | c3 c4 c5 ]   merge by log-sum-exp
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from engine.builtin.kv_cache import KVCache
+from kernels.cpu import causal_attention, decode_attention, prefix_attention
+from kernels.merge import merge_attention_states
+
+# A shared prefix shorter than this many blocks is not worth a separate attention call.
+MIN_SHARED_BLOCKS = 2
+
+
+@dataclass(slots=True)
+class SharedGroup:
+    rows: torch.Tensor  # decode rows in the group
+    prefix_slots: torch.Tensor  # [Lp]
+
+
+@dataclass(slots=True)
+class PrefillSpan:
+    start: int  # first row of the chunk in the flat batch
+    end: int
+    slots: torch.Tensor  # every KV slot of the sequence up to the chunk's last token
+
+
+def _slots(table: list[int], start_block: int, length: int, block_size: int) -> list[int]:
+    return [b * block_size + o for b in table[start_block:] for o in range(block_size)][:length]
+
+
+class AttentionPlan:
+    """Callable per layer: writes the new KV, then attends (see module docstring)."""
+
+    def __init__(
+        self,
+        kv: KVCache,
+        scale: float,
+        slot_mapping: torch.Tensor,
+        num_decode: int,
+        decode_slots: torch.Tensor | None,
+        decode_valid: torch.Tensor | None,
+        groups: list[SharedGroup],
+        prefills: list[PrefillSpan],
+    ):
+        self.kv = kv
+        self.scale = scale
+        self.slot_mapping = slot_mapping
+        self.num_decode = num_decode
+        self.decode_slots = decode_slots
+        self.decode_valid = decode_valid
+        self.groups = groups
+        self.prefills = prefills
+
+    @classmethod
+    def build(
+        cls,
+        kv: KVCache,
+        scale: float,
+        decodes: list[tuple[list[int], int]],
+        prefills: list[tuple[list[int], int, int]],
+        share_prefixes: bool = True,
+    ) -> AttentionPlan:
+        """decodes: (block table, length incl. the new token); prefills: (table, start, n)."""
+        bs = kv.block_size
+        slot_mapping: list[int] = []
+        for table, length in decodes:
+            pos = length - 1
+            slot_mapping.append(table[pos // bs] * bs + pos % bs)
+        spans = []
+        row = len(decodes)
+        for table, start, n in prefills:
+            slots = _slots(table, 0, start + n, bs)
+            slot_mapping.extend(slots[start:])
+            spans.append(PrefillSpan(row, row + n, torch.tensor(slots)))
+            row += n
+
+        groups: list[SharedGroup] = []
+        skip = [0] * len(decodes)  # leading blocks of each decode covered by its group
+        if share_prefixes and len(decodes) > 1:
+            for rows, num_blocks in _shared_groups(decodes):
+                groups.append(
+                    SharedGroup(
+                        torch.tensor(rows),
+                        torch.tensor(_slots(decodes[rows[0]][0], 0, num_blocks * bs, bs)),
+                    )
+                )
+                for r in rows:
+                    skip[r] = num_blocks
+
+        decode_slots = decode_valid = None
+        if decodes:
+            lens = [length - skip[i] * bs for i, (_, length) in enumerate(decodes)]
+            width = -(-max(lens) // bs)
+            tables = torch.zeros(len(decodes), width, dtype=torch.long)
+            for i, (table, _) in enumerate(decodes):
+                own = table[skip[i] :]
+                tables[i, : len(own)] = torch.tensor(own)
+            decode_slots = (tables.unsqueeze(-1) * bs + torch.arange(bs)).view(len(decodes), -1)
+            decode_valid = torch.arange(width * bs).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)
+        return cls(
+            kv,
+            scale,
+            torch.tensor(slot_mapping, dtype=torch.long),
+            len(decodes),
+            decode_slots,
+            decode_valid,
+            groups,
+            spans,
+        )
+
+    def __call__(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
+        self.kv.write(layer, self.slot_mapping, k, v)
+        k_flat, v_flat = self.kv.k[layer], self.kv.v[layer]
+        out = torch.empty_like(q)
+        nd = self.num_decode
+        if nd:
+            dec, lse = decode_attention(
+                q[:nd], k_flat, v_flat, self.decode_slots, self.decode_valid, self.scale
+            )
+            for g in self.groups:
+                pk, pv = k_flat[g.prefix_slots], v_flat[g.prefix_slots]
+                p_out, p_lse = prefix_attention(q[g.rows], pk, pv, self.scale)
+                merged, _ = merge_attention_states(p_out, p_lse, dec[g.rows], lse[g.rows])
+                dec[g.rows] = merged
+            out[:nd] = dec
+        for span in self.prefills:
+            out[span.start : span.end] = causal_attention(
+                q[span.start : span.end], k_flat[span.slots], v_flat[span.slots], self.scale
+            )
+        return out
+
+
+def _shared_groups(decodes: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:
+    """Group decode rows by first block; a group's prefix is its members' common full blocks.
+
+    A block listed in two block tables is shared, hence full (contexts never share a
+    partially written block), so the common leading blocks are safe to read as a prefix.
+    """
+    by_first: dict[int, list[int]] = {}
+    for i, (table, _) in enumerate(decodes):
+        if len(table) > 1:
+            by_first.setdefault(table[0], []).append(i)
+    groups = []
+    for rows in by_first.values():
+        if len(rows) < 2:
+            continue
+        tables = [decodes[r][0] for r in rows]
+        common = 0
+        # The last block of each table holds the token being decoded: never part of a prefix.
+        limit = min(len(t) for t in tables) - 1
+        while common < limit and all(t[common] == tables[0][common] for t in tables):
+            common += 1
+        if common >= MIN_SHARED_BLOCKS:
+            groups.append((rows, common))
+    return groups

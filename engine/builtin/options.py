@@ -1,0 +1,23 @@
+"""Settings of one builtin engine (frozen)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from engine.builtin.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    engine_id: str = "builtin-0"
+    model_name: str | None = None  # the name served to clients; default: from the model file
+    dtype: str = "bfloat16"  # bfloat16 | float16 | float32
+    device: str = "cpu"
+    block_size: int = 16
+    num_blocks: int | None = None  # default: from kv_cache_mb
+    kv_cache_mb: int = 2048
+    enable_prefix_cache: bool = True
+    share_prefix_attention: bool = True
+    num_threads: int | None = None  # torch intra-op threads; default: all cores
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    seed: int = 0

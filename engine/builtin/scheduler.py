@@ -1,0 +1,157 @@
+"""Continuous batching with Parrot's hooks: objectives, priorities, app-FIFO, task groups,
+a latency cap, chunked prefill under a token budget, and preemption when KV blocks run out.
+
+Every step walks all live sequences in one order,
+
+    (latency before throughput, higher priority, older app, older group, older request)
+
+stepping running ones and admitting waiting ones until the batch cap, the token budget or
+the KV blocks run out. While any latency-critical work is live, at most `latency_cap`
+sequences are stepped, so latency work sees small batches and short steps.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from engine.builtin.contexts import ContextTable
+from engine.builtin.sequence import Sequence, Status
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerConfig:
+    max_batch_size: int = 64
+    max_step_tokens: int = 512
+    latency_cap: int = 64
+
+
+class Chunk(NamedTuple):
+    seq: Sequence
+    num_tokens: int  # pending tokens computed this step (0: a fill served from cache)
+    sample: bool  # the chunk reaches the end of the context and the request generates
+
+
+class StepPlan(NamedTuple):
+    chunks: list[Chunk]
+    preempted: list[Sequence]
+    rejected: list[Sequence]  # cannot fit in the KV cache even alone
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, contexts: ContextTable):
+        self.config = config
+        self.contexts = contexts
+        self.waiting: list[Sequence] = []
+        self.running: list[Sequence] = []
+        self._ticket = itertools.count()
+        self._first_seen: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (rank, live)
+        self.num_preemptions = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def _rank(self, kind: str, name: str | None) -> int:
+        if name is None:
+            return next(self._ticket)
+        rank, live = self._first_seen.get((kind, name), (next(self._ticket), 0))
+        self._first_seen[(kind, name)] = (rank, live + 1)
+        return rank
+
+    def _release_rank(self, kind: str, name: str | None) -> None:
+        if name is None:
+            return
+        rank, live = self._first_seen[(kind, name)]
+        if live == 1:
+            del self._first_seen[(kind, name)]
+        else:
+            self._first_seen[(kind, name)] = (rank, live - 1)
+
+    def add(self, seq: Sequence) -> None:
+        s = seq.scheduling
+        app = self._rank("app", s.app_id)
+        group = self._rank("group", s.group_id)
+        seq.order_key = (0 if seq.is_latency else 1, -s.priority, app, group, next(self._ticket))
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def remove(self, seq: Sequence) -> None:
+        """Drop a finished or aborted sequence (releasing nothing of its context)."""
+        if seq.status is Status.RUNNING:
+            self.running.remove(seq)
+        elif seq.status is Status.WAITING:
+            self.waiting.remove(seq)
+        seq.status = Status.FINISHED
+        self._release_rank("app", seq.scheduling.app_id)
+        self._release_rank("group", seq.scheduling.group_id)
+
+    @property
+    def num_latency_live(self) -> int:
+        return sum(s.is_latency for s in itertools.chain(self.running, self.waiting))
+
+    def schedule(self) -> StepPlan:
+        cfg = self.config
+        live = sorted(itertools.chain(self.running, self.waiting), key=lambda s: s.order_key)
+        cap = cfg.max_batch_size
+        if any(s.is_latency for s in live):
+            cap = min(cap, cfg.latency_cap)
+        budget = cfg.max_step_tokens
+        chunks: list[Chunk] = []
+        preempted: list[Sequence] = []
+        rejected: list[Sequence] = []
+        chosen: set[int] = set()
+        for seq in live:
+            if len(chunks) >= cap or budget <= 0:
+                break
+            if seq.status is Status.WAITING:
+                if len(self.running) >= cfg.max_batch_size:
+                    break
+                cached = self.contexts.match_cached(seq.context, keep_last=not seq.is_fill)
+                if not seq.admitted:  # first admission, not a resumed preemption
+                    seq.num_cached_tokens += cached
+                    seq.admitted = True
+            ctx = seq.context
+            n = min(ctx.num_pending, budget)
+            while not self.contexts.reserve(ctx, n):
+                victim = self._victim(seq, chosen)
+                if victim is None:
+                    break
+                self._preempt(victim)
+                preempted.append(victim)
+            else:
+                if seq.status is Status.WAITING:
+                    self.waiting.remove(seq)
+                    self.running.append(seq)
+                    seq.status = Status.RUNNING
+                chosen.add(id(seq))
+                done = n == ctx.num_pending
+                chunks.append(Chunk(seq, n, done and not seq.is_fill))
+                budget -= n
+                continue
+            # No room even after preempting everything below this sequence.
+            if not chunks and not self._others_hold_blocks(seq):
+                rejected.append(seq)
+                continue
+            break  # keep order: lower-ranked work must not overtake a blocked sequence
+        return StepPlan(chunks, preempted, rejected)
+
+    def _victim(self, seq: Sequence, chosen: set[int]) -> Sequence | None:
+        """The lowest-ranked running sequence ranked below `seq` and not stepped this round."""
+        candidates = [
+            s
+            for s in self.running
+            if s is not seq and id(s) not in chosen and s.order_key > seq.order_key
+        ]
+        return max(candidates, key=lambda s: s.order_key, default=None)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.contexts.release(seq.context)
+        self.running.remove(seq)
+        self.waiting.append(seq)
+        seq.status = Status.WAITING
+        self.num_preemptions += 1
+
+    def _others_hold_blocks(self, seq: Sequence) -> bool:
+        """Whether waiting could help: another running sequence may finish and free blocks."""
+        return any(s is not seq for s in self.running)
