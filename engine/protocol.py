@@ -8,10 +8,9 @@ it, `free` releases it. Forked contexts share the parent's KV blocks.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
-from msgspec import Meta
 
 from engine.errors import InvalidRequest
 
@@ -175,6 +174,7 @@ class EngineStats(msgspec.Struct, kw_only=True):
     total_blocks: int = 0
     free_blocks: int = 0
     cached_blocks: int = 0  # free but holding reusable prefix KV
+    peak_used_blocks: int = 0
     prefix_query_tokens: int = 0
     prefix_hit_tokens: int = 0
     prompt_tokens: int = 0

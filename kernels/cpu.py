@@ -13,26 +13,37 @@ import torch
 _fused = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
 
+def mask_to_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Boolean 'may attend' mask -> additive bias (0 or -inf). Build once, use per layer."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, float("-inf")
+    )
+
+
+def causal_bias(lq: int, lk: int, group: int, dtype: torch.dtype) -> torch.Tensor:
+    """Bias for the last `lq` of `lk` positions, rows ordered (g, t) as `_fold` lays them."""
+    pos = torch.arange(lk - lq, lk).unsqueeze(1)
+    mask = (torch.arange(lk).unsqueeze(0) <= pos).repeat(group, 1)
+    return mask_to_bias(mask, dtype)[None, None]
+
+
 def attend(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    mask: torch.Tensor | None,
+    bias: torch.Tensor | None,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """q [B, Hkv, R, D], k/v [B, Hkv, L, D], mask bool broadcastable to [B, Hkv, R, L].
+    """q [B, Hkv, R, D], k/v [B, Hkv, L, D], additive bias broadcastable to [B, Hkv, R, L].
 
     Returns out [B, Hkv, R, D] (q's dtype) and lse [B, Hkv, R] float32.
     """
     if _fused is not None and q.device.type == "cpu":
-        bias = None
-        if mask is not None:
-            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
         out, lse = _fused(q, k, v, 0.0, False, attn_mask=bias, scale=scale)
         return out, lse.float()
     scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+    if bias is not None:
+        scores = scores + bias.float()
     lse = torch.logsumexp(scores, dim=-1)
     probs = torch.exp(scores - lse.unsqueeze(-1))
     return torch.matmul(probs, v.float()).to(q.dtype), lse
@@ -42,7 +53,9 @@ def _fold(q: torch.Tensor, num_kv_heads: int) -> torch.Tensor:
     """[B, T, Hq, D] -> [B, Hkv, G*T, D] with rows ordered (g, t)."""
     b, t, hq, d = q.shape
     g = hq // num_kv_heads
-    return q.view(b, t, num_kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b, num_kv_heads, g * t, d)
+    return (
+        q.view(b, t, num_kv_heads, g, d).permute(0, 2, 3, 1, 4).reshape(b, num_kv_heads, g * t, d)
+    )
 
 
 def _unfold(x: torch.Tensor, t: int) -> torch.Tensor:
@@ -60,18 +73,18 @@ def decode_attention(
     k_flat: torch.Tensor,
     v_flat: torch.Tensor,
     slots: torch.Tensor,
-    valid: torch.Tensor,
+    bias: torch.Tensor,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One query per sequence over its own KV slots.
 
     q [B, Hq, D]; k_flat/v_flat [num_slots, Hkv, D]; slots [B, L] long (padded);
-    valid [B, L] bool. Returns out [B, Hq, D], lse [B, Hq].
+    bias [B, L] additive (-inf on padding). Returns out [B, Hq, D], lse [B, Hq].
     """
     hkv = k_flat.shape[1]
     k = k_flat[slots].transpose(1, 2)  # [B, Hkv, L, D]
     v = v_flat[slots].transpose(1, 2)
-    out, lse = attend(_fold(q.unsqueeze(1), hkv), k, v, valid[:, None, None, :], scale)
+    out, lse = attend(_fold(q.unsqueeze(1), hkv), k, v, bias[:, None, None, :], scale)
     return _unfold(out, 1)[:, 0], _unfold(lse, 1)[:, 0]
 
 
@@ -84,23 +97,31 @@ def prefix_attention(
     """
     hkv = k.shape[1]
     qf = _fold(q.unsqueeze(0), hkv)  # [1, Hkv, G*N, D]
-    out, lse = attend(qf, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), None, scale)
+    out, lse = attend(
+        qf, k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0), None, scale
+    )
     return _unfold(out, q.shape[0])[0], _unfold(lse, q.shape[0])[0]
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Prefill chunk: q [Lq, Hq, D] are the LAST Lq positions of k/v [Lk, Hkv, D]."""
+    """Prefill chunk: q [Lq, Hq, D] are the LAST Lq positions of k/v [Lk, Hkv, D].
+
+    `bias` may be passed precomputed (`causal_bias`) to build it once for all layers.
+    """
     lq, lk, hkv = q.shape[0], k.shape[0], k.shape[1]
-    g = q.shape[1] // hkv
-    pos = torch.arange(lk - lq, lk).unsqueeze(1)
-    mask = (torch.arange(lk).unsqueeze(0) <= pos).repeat(g, 1)  # rows ordered (g, t)
+    if bias is None:
+        bias = causal_bias(lq, lk, q.shape[1] // hkv, q.dtype)
     out, _ = attend(
         _fold(q.unsqueeze(0), hkv),
         k.transpose(0, 1).unsqueeze(0),
         v.transpose(0, 1).unsqueeze(0),
-        mask[None, None],
+        bias,
         scale,
     )
     return _unfold(out, lq)[0]

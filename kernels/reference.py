@@ -1,4 +1,4 @@
-"""Naive attention over paged KV, one sequence at a time: the oracle every fast path is tested against.
+"""Naive attention over paged KV, one sequence at a time: the oracle for every fast path.
 
 Written for clarity, not speed: gather each sequence's KV from its block table, expand
 grouped KV heads, softmax in float64.

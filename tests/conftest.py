@@ -22,11 +22,9 @@ def embedded_model() -> LoadedModel:
 @pytest.fixture(scope="session")
 def smol_tokenizer() -> Tokenizer:
     """The SmolLM2 tokenizer alone (metadata only, no weights dequantised)."""
-    from gguf import GGUFReader
+    from engine.builtin.gguf_loader import load_gguf_tokenizer
 
-    from engine.builtin.gguf_loader import read_metadata
-
-    return Tokenizer.from_gguf_metadata(read_metadata(GGUFReader(embedded_model_path())))
+    return load_gguf_tokenizer(embedded_model_path())
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from engine.builtin.kv_cache import KVCache
-from kernels.cpu import causal_attention, decode_attention, prefix_attention
+from kernels.cpu import (
+    causal_attention,
+    causal_bias,
+    decode_attention,
+    mask_to_bias,
+    prefix_attention,
+)
 from kernels.merge import merge_attention_states
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
@@ -35,6 +41,7 @@ class PrefillSpan:
     start: int  # first row of the chunk in the flat batch
     end: int
     slots: torch.Tensor  # every KV slot of the sequence up to the chunk's last token
+    bias: torch.Tensor  # causal mask for the chunk's queries, built once for all layers
 
 
 def _slots(table: list[int], start_block: int, length: int, block_size: int) -> list[int]:
@@ -51,7 +58,7 @@ class AttentionPlan:
         slot_mapping: torch.Tensor,
         num_decode: int,
         decode_slots: torch.Tensor | None,
-        decode_valid: torch.Tensor | None,
+        decode_bias: torch.Tensor | None,
         groups: list[SharedGroup],
         prefills: list[PrefillSpan],
     ):
@@ -60,7 +67,7 @@ class AttentionPlan:
         self.slot_mapping = slot_mapping
         self.num_decode = num_decode
         self.decode_slots = decode_slots
-        self.decode_valid = decode_valid
+        self.decode_bias = decode_bias
         self.groups = groups
         self.prefills = prefills
 
@@ -69,12 +76,15 @@ class AttentionPlan:
         cls,
         kv: KVCache,
         scale: float,
+        num_heads: int,
         decodes: list[tuple[list[int], int]],
         prefills: list[tuple[list[int], int, int]],
         share_prefixes: bool = True,
     ) -> AttentionPlan:
         """decodes: (block table, length incl. the new token); prefills: (table, start, n)."""
         bs = kv.block_size
+        dtype = kv.k.dtype
+        group = num_heads // kv.k.shape[2]
         slot_mapping: list[int] = []
         for table, length in decodes:
             pos = length - 1
@@ -84,7 +94,8 @@ class AttentionPlan:
         for table, start, n in prefills:
             slots = _slots(table, 0, start + n, bs)
             slot_mapping.extend(slots[start:])
-            spans.append(PrefillSpan(row, row + n, torch.tensor(slots)))
+            bias = causal_bias(n, start + n, group, dtype)
+            spans.append(PrefillSpan(row, row + n, torch.tensor(slots), bias))
             row += n
 
         groups: list[SharedGroup] = []
@@ -100,7 +111,7 @@ class AttentionPlan:
                 for r in rows:
                     skip[r] = num_blocks
 
-        decode_slots = decode_valid = None
+        decode_slots = decode_bias = None
         if decodes:
             lens = [length - skip[i] * bs for i, (_, length) in enumerate(decodes)]
             width = -(-max(lens) // bs)
@@ -109,14 +120,15 @@ class AttentionPlan:
                 own = table[skip[i] :]
                 tables[i, : len(own)] = torch.tensor(own)
             decode_slots = (tables.unsqueeze(-1) * bs + torch.arange(bs)).view(len(decodes), -1)
-            decode_valid = torch.arange(width * bs).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)
+            valid = torch.arange(width * bs).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)
+            decode_bias = mask_to_bias(valid, dtype)
         return cls(
             kv,
             scale,
             torch.tensor(slot_mapping, dtype=torch.long),
             len(decodes),
             decode_slots,
-            decode_valid,
+            decode_bias,
             groups,
             spans,
         )
@@ -130,7 +142,7 @@ class AttentionPlan:
         nd = self.num_decode
         if nd:
             dec, lse = decode_attention(
-                q[:nd], k_flat, v_flat, self.decode_slots, self.decode_valid, self.scale
+                q[:nd], k_flat, v_flat, self.decode_slots, self.decode_bias, self.scale
             )
             for g in self.groups:
                 pk, pv = k_flat[g.prefix_slots], v_flat[g.prefix_slots]
@@ -140,7 +152,11 @@ class AttentionPlan:
             out[:nd] = dec
         for span in self.prefills:
             out[span.start : span.end] = causal_attention(
-                q[span.start : span.end], k_flat[span.slots], v_flat[span.slots], self.scale
+                q[span.start : span.end],
+                k_flat[span.slots],
+                v_flat[span.slots],
+                self.scale,
+                span.bias,
             )
         return out
 

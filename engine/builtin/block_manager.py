@@ -40,6 +40,7 @@ class BlockManager:
         self._free: deque[int] = deque(range(num_blocks))
         self._cached: OrderedDict[int, None] = OrderedDict()  # block ids, LRU first
         self._index: dict[int, int] = {}  # chain hash -> block id
+        self.peak_used_blocks = 0
 
     @property
     def num_free_blocks(self) -> int:
@@ -62,12 +63,15 @@ class BlockManager:
         else:
             raise MemoryError("no free KV blocks")  # callers check can_allocate first
         self.blocks[block_id].ref_count = 1
+        self.peak_used_blocks = max(self.peak_used_blocks, self.num_blocks - self.num_free_blocks)
         return block_id
 
     def incref(self, block_id: int) -> None:
         block = self.blocks[block_id]
         if block.ref_count == 0:
             self._cached.pop(block_id)  # only cached blocks are revived by a prefix hit
+            used = self.num_blocks - self.num_free_blocks
+            self.peak_used_blocks = max(self.peak_used_blocks, used)
         block.ref_count += 1
 
     def decref(self, block_id: int) -> None:

@@ -8,11 +8,13 @@ blocks the event loop that serves HTTP. Results travel back once per step in a b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence as Seq
+from collections.abc import AsyncIterator, Callable
+from collections.abc import Sequence as Seq
 from typing import Any
 
 import torch
@@ -207,6 +209,7 @@ class BuiltinEngine:
         s.num_contexts = len(self.contexts)
         s.free_blocks = self.blocks.num_free_blocks
         s.cached_blocks = self.blocks.num_cached_blocks
+        s.peak_used_blocks = self.blocks.peak_used_blocks
         s.preemptions = self.scheduler.num_preemptions
         return EngineStats(**{f: getattr(s, f) for f in s.__struct_fields__})
 
@@ -220,10 +223,9 @@ class BuiltinEngine:
         if not self._outbox or self._loop is None:
             return
         batch, self._outbox = self._outbox, []
-        try:
+        # A closed event loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(_deliver, batch)
-        except RuntimeError:  # the event loop is closed: nobody is listening any more
-            pass
 
     def _run(self) -> None:
         while not self._stopping:
@@ -246,8 +248,9 @@ class BuiltinEngine:
         self._fail_all(EngineUnavailable("engine is shutting down"))
         self._flush()
 
-    def _admit(self, request_id: str, context_id: str, parent_id: str | None, tokens: list[int],
-               extra: int) -> Any:
+    def _admit(
+        self, request_id: str, context_id: str, parent_id: str | None, tokens: list[int], extra: int
+    ) -> Any:
         """Create or extend a context for a request; `extra` tokens will be generated."""
         if request_id in self._requests:
             raise InvalidRequest(f"request id '{request_id}' is already in flight")
@@ -289,8 +292,11 @@ class BuiltinEngine:
     def _start_fill(self, request: FillRequest, tokens: list[int], future: Any) -> None:
         try:
             ctx = self._admit(
-                f"fill:{request.context_id}", request.context_id, request.parent_context_id,
-                tokens, 0,
+                f"fill:{request.context_id}",
+                request.context_id,
+                request.parent_context_id,
+                tokens,
+                0,
             )
         except EngineError as exc:
             self._post(_reject, (future, exc))
@@ -312,7 +318,10 @@ class BuiltinEngine:
     ) -> None:
         try:
             ctx = self._admit(
-                request.request_id, request.context_id, request.parent_context_id, tokens,
+                request.request_id,
+                request.context_id,
+                request.parent_context_id,
+                tokens,
                 request.sampling.max_tokens,
             )
         except EngineError as exc:
@@ -366,8 +375,9 @@ class BuiltinEngine:
         self._stats.prompt_tokens += seq.num_prompt_tokens
         self._stats.prefix_query_tokens += seq.num_prompt_tokens
         self._stats.prefix_hit_tokens += seq.num_cached_tokens
-        result = FillResult(seq.context.context_id, len(seq.context.token_ids),
-                            seq.num_cached_tokens)
+        result = FillResult(
+            seq.context.context_id, len(seq.context.token_ids), seq.num_cached_tokens
+        )
         self._post(_resolve, (seq.sink, result))
 
     def _append_token(self, seq: Sequence, token: int, logprob: Any) -> None:
@@ -388,10 +398,15 @@ class BuiltinEngine:
         )
         if hit:
             finish = "stop"
-        elif finish is None and (n >= sp.max_tokens or len(ctx.token_ids) >= self.config.context_length):
+        elif finish is None and (
+            n >= sp.max_tokens or len(ctx.token_ids) >= self.config.context_length
+        ):
             finish = "length"
         if finish is not None and not hit:
-            text, seq.pending_text = text + seq.pending_text, ""
+            # Release everything held back: partial stop-string matches and any trailing
+            # bytes the detokenizer kept waiting for the rest of a character.
+            tail, _, _ = scan(seq.pending_text, seq.detokenizer.flush(), [], False)
+            text, seq.pending_text = text + tail, ""
         chunk = GenerateChunk(
             request_id=seq.request_id,
             token_ids=[token],
@@ -428,8 +443,9 @@ class BuiltinEngine:
         elif seq.output_ids:
             # Tokens already went out: end the stream with an error chunk.
             info = ErrorInfo(error.code, error.message, error.param)
-            chunk = GenerateChunk(request_id=seq.request_id, finish_reason="error", error=info,
-                                  usage=self._usage(seq))
+            chunk = GenerateChunk(
+                request_id=seq.request_id, finish_reason="error", error=info, usage=self._usage(seq)
+            )
             self._post(seq.sink.put_nowait, chunk)
         else:
             self._post(seq.sink.put_nowait, error)

@@ -48,9 +48,7 @@ class LlamaModel:
         def w(name: str) -> torch.Tensor:
             return weights[name].to(device=self.device, dtype=dtype).contiguous()
 
-        def norm(name: str) -> torch.Tensor:
-            # Norm weights stay float32: they scale the float32-normalized activations.
-            return weights[name].to(device=self.device, dtype=torch.float32).contiguous()
+        norm = w
 
         self.embed = w("model.embed_tokens.weight")
         head = "model.embed_tokens.weight" if config.tie_word_embeddings else "lm_head.weight"
@@ -81,20 +79,11 @@ class LlamaModel:
             c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim)
         )
         angles = torch.outer(torch.arange(c.context_length, dtype=torch.float64), inv_freq)
-        self._cos = angles.cos().to(self.device, torch.float32)
-        self._sin = angles.sin().to(self.device, torch.float32)
-
-    def _rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.config.rms_norm_eps)
-        return (weight * xf).to(self.dtype)
-
-    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate-half RoPE (HF layout). x [T, H, D]; cos/sin [T, 1, D/2] float32."""
-        half = x.shape[-1] // 2
-        xf = x.float()
-        x1, x2 = xf[..., :half], xf[..., half:]
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
+        # Rotate-half RoPE as one fused multiply-add:
+        #   rope(x) = x * [cos, cos] + roll(x, D/2) * [-sin, sin]
+        cos, sin = angles.cos(), angles.sin()
+        self._cos = torch.cat((cos, cos), -1).to(self.device, self.dtype)
+        self._sin = torch.cat((-sin, sin), -1).to(self.device, self.dtype)
 
     @torch.inference_mode()
     def forward(
@@ -108,19 +97,20 @@ class LlamaModel:
         c = self.config
         t = input_ids.shape[0]
         hq, hkv, d = c.num_heads, c.num_kv_heads, c.head_dim
+        eps, hidden = c.rms_norm_eps, (c.hidden_size,)
         cos = self._cos[positions].unsqueeze(1)
         sin = self._sin[positions].unsqueeze(1)
         x = F.embedding(input_ids, self.embed)
         for i, layer in enumerate(self.layers):
-            h = self._rms_norm(x, layer.attn_norm)
+            h = F.rms_norm(x, hidden, layer.attn_norm, eps)
             qkv = F.linear(h, layer.qkv)
-            q = self._rope(qkv[:, : hq * d].view(t, hq, d), cos, sin)
-            k = self._rope(qkv[:, hq * d : (hq + hkv) * d].view(t, hkv, d), cos, sin)
+            qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
+            qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
-            attn = attention(i, q, k, v)
-            x = x + F.linear(attn.reshape(t, hq * d), layer.o)
-            h = self._rms_norm(x, layer.mlp_norm)
+            attn = attention(i, qk[:, :hq], qk[:, hq:], v)
+            x = torch.addmm(x, attn.reshape(t, hq * d), layer.o.t())
+            h = F.rms_norm(x, hidden, layer.mlp_norm, eps)
             gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, layer.down)
-        h = self._rms_norm(x.index_select(0, logit_rows), self.final_norm)
+            x = torch.addmm(x, F.silu(gate).mul_(up), layer.down.t())
+        h = F.rms_norm(x.index_select(0, logit_rows), hidden, self.final_norm, eps)
         return F.linear(h, self.lm_head).float()

@@ -38,8 +38,12 @@ class ModelRunner:
         plan = AttentionPlan.build(
             self.kv,
             self.scale,
+            self.model.config.num_heads,
             [(c.seq.context.block_table, c.seq.context.num_computed + 1) for c in decodes],
-            [(c.seq.context.block_table, c.seq.context.num_computed, c.num_tokens) for c in prefills],
+            [
+                (c.seq.context.block_table, c.seq.context.num_computed, c.num_tokens)
+                for c in prefills
+            ],
             share_prefixes=self.share_prefixes,
         )
         rows = [row_of[id(c.seq)] for c in chunks if c.sample]

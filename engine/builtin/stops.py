@@ -14,9 +14,7 @@ def _held_suffix(text: str, stops: list[str]) -> int:
     return best
 
 
-def scan(
-    pending: str, delta: str, stops: list[str], include_stop: bool
-) -> tuple[str, str, bool]:
+def scan(pending: str, delta: str, stops: list[str], include_stop: bool) -> tuple[str, str, bool]:
     """Feed new text. Returns (text safe to emit now, text still held back, stop hit)."""
     text = pending + delta
     if not stops:

@@ -24,8 +24,11 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 
 def make_engine(model, **options) -> BuiltinEngine:
-    sched = {k: options.pop(k) for k in ("max_batch_size", "max_step_tokens", "latency_cap")
-             if k in options}
+    sched = {
+        k: options.pop(k)
+        for k in ("max_batch_size", "max_step_tokens", "latency_cap")
+        if k in options
+    }
     options.setdefault("dtype", "float32")
     options.setdefault("num_blocks", 256)
     return BuiltinEngine(model, EngineOptions(scheduler=SchedulerConfig(**sched), **options))
@@ -127,8 +130,9 @@ async def test_kv_exhaustion_preempts_and_still_matches_alone(tiny_model):
     try:
         prompts = [prompt(200 + i, 80 + i) for i in range(6)]
         sampling = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
-        outs = await asyncio.gather(*(run(eng, f"r{i}", p, sampling=sampling)
-                                      for i, p in enumerate(prompts)))
+        outs = await asyncio.gather(
+            *(run(eng, f"r{i}", p, sampling=sampling) for i, p in enumerate(prompts))
+        )
         stats = await eng.stats()
         assert stats.preemptions > 0
         assert stats.free_blocks == stats.total_blocks
@@ -204,15 +208,15 @@ async def test_max_tokens_stop_strings_and_stop_token_ids(engine, smol_tokenizer
         text2 = "".join(c.text for c in chunks2)
         assert stop not in text2 and chunks2[-1].finish_reason == "stop"
         assert full_text.startswith(text2)
-    forced = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True,
-                            stop_token_ids=[out[2]])
+    forced = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True, stop_token_ids=[out[2]])
     out3, chunks3 = await run(engine, "t", base, sampling=forced)
     assert out3 == out[: out.index(out[2]) + 1] and chunks3[-1].finish_reason == "stop"
 
 
 async def test_seeded_sampling_is_reproducible_and_logprobs_are_reported(engine):
-    sp = SamplingParams(max_tokens=8, temperature=0.9, top_p=0.9, top_k=50, seed=42, logprobs=3,
-                        ignore_eos=True)
+    sp = SamplingParams(
+        max_tokens=8, temperature=0.9, top_p=0.9, top_k=50, seed=42, logprobs=3, ignore_eos=True
+    )
     a, chunks = await run(engine, "a", prompt(11, 10), sampling=sp)
     b, _ = await run(engine, "b", prompt(11, 10), sampling=sp)
     assert a == b
@@ -222,9 +226,13 @@ async def test_seeded_sampling_is_reproducible_and_logprobs_are_reported(engine)
 
 async def test_abort_by_closing_the_stream_frees_the_context(engine):
     stream = engine.generate(
-        GenerateRequest(request_id="r", context_id="r", prompt_token_ids=prompt(12, 10),
-                        sampling=SamplingParams(max_tokens=500, ignore_eos=True),
-                        free_on_finish=True)
+        GenerateRequest(
+            request_id="r",
+            context_id="r",
+            prompt_token_ids=prompt(12, 10),
+            sampling=SamplingParams(max_tokens=500, ignore_eos=True),
+            free_on_finish=True,
+        )
     )
     async for _ in stream:
         break

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from kernels.cpu import causal_attention, decode_attention, prefix_attention
+from kernels.cpu import causal_attention, decode_attention, mask_to_bias, prefix_attention
 from kernels.merge import merge_attention_states
 from kernels.reference import gather_paged, reference_attention, reference_paged_decode
 
@@ -45,7 +45,9 @@ def test_decode_matches_reference_with_uneven_lengths_and_shuffled_blocks(seed: 
         at += nb
     q = torch.randn(len(lens), HQ, D)
     slots, valid = _slots(tables, lens)
-    out, lse = decode_attention(q, k.view(-1, HKV, D), v.view(-1, HKV, D), slots, valid, D**-0.5)
+    out, lse = decode_attention(
+        q, k.view(-1, HKV, D), v.view(-1, HKV, D), slots, mask_to_bias(valid, q.dtype), D**-0.5
+    )
     ref_out, ref_lse = reference_paged_decode(q, k, v, tables, lens)
     assert (out - ref_out).abs().max() < 1e-4
     assert (lse - ref_lse).abs().max() < 1e-4
@@ -61,7 +63,9 @@ def test_shared_prefix_plus_suffix_merge_is_exact(prefix_len: int):
     for i, n in enumerate(suffix_lens):
         sk, sv = torch.randn(n, HKV, D), torch.randn(n, HKV, D)
         s_out, s_lse = reference_attention(q[i : i + 1], sk, sv)
-        merged, merged_lse = merge_attention_states(p_out[i : i + 1], p_lse[i : i + 1], s_out, s_lse)
+        merged, merged_lse = merge_attention_states(
+            p_out[i : i + 1], p_lse[i : i + 1], s_out, s_lse
+        )
         full, full_lse = reference_attention(q[i : i + 1], torch.cat([pk, sk]), torch.cat([pv, sv]))
         assert (merged - full).abs().max() < 1e-4
         assert (merged_lse - full_lse).abs().max() < 1e-4
@@ -82,7 +86,9 @@ def test_bfloat16_decode_is_close_to_reference():
     tables, lens = [[3, 1, 4], [9, 2]], [40, 20]
     q = torch.randn(2, HQ, D, dtype=torch.bfloat16)
     slots, valid = _slots(tables, lens)
-    out, _ = decode_attention(q, k.view(-1, HKV, D), v.view(-1, HKV, D), slots, valid, D**-0.5)
+    out, _ = decode_attention(
+        q, k.view(-1, HKV, D), v.view(-1, HKV, D), slots, mask_to_bias(valid, q.dtype), D**-0.5
+    )
     ref, _ = reference_paged_decode(q.float(), k.float(), v.float(), tables, lens)
     assert ((out.float() - ref).norm() / ref.norm()) < 1e-2
 

@@ -1,0 +1,221 @@
+"""`parrot bench engine`: the builtin engine against Hugging Face transformers, same weights.
+
+Measures prefill tokens/s, decode tokens/s at several batch sizes (fixed output lengths
+with ignore_eos), and the shared-prefix case (forked vs. unshared). Prints a table and
+writes JSON. Decode rate counts only the decode phase: from the moment every request in
+the batch has its first token until the last token arrives.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from engine.builtin.engine import BuiltinEngine
+from engine.builtin.model_files import LoadedModel, load_model
+from engine.builtin.options import EngineOptions
+from engine.builtin.scheduler import SchedulerConfig
+from engine.protocol import FillRequest, GenerateRequest, SamplingParams
+
+
+def _tokens(seed: int, n: int, vocab: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(100, vocab) for _ in range(n)]
+
+
+def _engine(model: LoadedModel, dtype: str, **kw) -> BuiltinEngine:
+    sched = SchedulerConfig(max_batch_size=64, max_step_tokens=kw.pop("max_step_tokens", 512))
+    return BuiltinEngine(model, EngineOptions(dtype=dtype, scheduler=sched, **kw))
+
+
+async def _generate(eng, rid, tokens, max_tokens, parent=None, ctx=None):
+    """Returns (time of first token, time of last token)."""
+    sp = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    first = last = 0.0
+    async for _chunk in eng.generate(
+        GenerateRequest(
+            request_id=rid,
+            context_id=ctx or rid,
+            parent_context_id=parent,
+            prompt_token_ids=tokens,
+            sampling=sp,
+            free_on_finish=True,
+        )
+    ):
+        last = time.perf_counter()
+        first = first or last
+    return first, last
+
+
+async def _prefill_rate(eng, n: int, vocab: int) -> float:
+    await _generate(eng, "warm", _tokens(1, 64, vocab), 1)
+    t0 = time.perf_counter()
+    await eng.fill(FillRequest(context_id="p", token_ids=_tokens(2, n, vocab)))
+    dt = time.perf_counter() - t0
+    await eng.free("p")
+    return n / dt
+
+
+async def _decode_rate(eng, batch: int, new: int, vocab: int) -> float:
+    await _generate(eng, "warm", _tokens(3, 16, vocab), 4)
+    times = await asyncio.gather(
+        *(_generate(eng, f"d{i}", _tokens(10 + i, 16, vocab), new) for i in range(batch))
+    )
+    start = max(t[0] for t in times)
+    end = max(t[1] for t in times)
+    return batch * (new - 1) / (end - start)
+
+
+async def _shared_prefix(eng, shared: bool, users: int, prefix_len: int, new: int, vocab: int):
+    prefix = _tokens(7, prefix_len, vocab)
+    suffixes = [_tokens(100 + i, 16, vocab) for i in range(users)]
+    await _generate(eng, "warm", _tokens(3, 16, vocab), 2)
+    t0 = time.perf_counter()
+    if shared:
+        await eng.fill(FillRequest(context_id="sys", token_ids=prefix))
+        await asyncio.gather(
+            *(_generate(eng, f"u{i}", s, new, parent="sys") for i, s in enumerate(suffixes))
+        )
+        await eng.free("sys")
+    else:
+        await asyncio.gather(
+            *(_generate(eng, f"u{i}", prefix + s, new) for i, s in enumerate(suffixes))
+        )
+    wall = time.perf_counter() - t0
+    return wall, (await eng.stats()).peak_used_blocks
+
+
+async def bench_parrot(model: LoadedModel, args) -> dict:
+    vocab = model.config.vocab_size
+    out: dict = {"prefill": {}, "decode": {}, "shared_prefix": {}}
+    for n in args.prefill:
+        eng = _engine(model, args.dtype, max_step_tokens=max(args.prefill))
+        await eng.start()
+        out["prefill"][n] = await _prefill_rate(eng, n, vocab)
+        await eng.close()
+    for b in args.batch:
+        eng = _engine(model, args.dtype)
+        await eng.start()
+        out["decode"][b] = await _decode_rate(eng, b, args.new_tokens, vocab)
+        await eng.close()
+    for shared in (False, True):
+        eng = _engine(model, args.dtype, enable_prefix_cache=False)
+        await eng.start()
+        wall, peak = await _shared_prefix(
+            eng, shared, args.users, args.prefix_len, args.shared_new_tokens, vocab
+        )
+        out["shared_prefix"]["forked" if shared else "not_shared"] = {
+            "wall_s": wall,
+            "peak_kv_blocks": peak,
+        }
+        await eng.close()
+    return out
+
+
+def bench_transformers(model: LoadedModel, args) -> dict:
+    """The same weights in transformers' LlamaForCausalLM, float32 (its CPU default)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    c = model.config
+    cfg = LlamaConfig(
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_hidden_layers=c.num_layers,
+        num_attention_heads=c.num_heads,
+        num_key_value_heads=c.num_kv_heads,
+        rope_theta=c.rope_theta,
+        rms_norm_eps=c.rms_norm_eps,
+        max_position_embeddings=c.context_length,
+        tie_word_embeddings=c.tie_word_embeddings,
+    )
+    hf = LlamaForCausalLM(cfg)
+    hf.load_state_dict(model.weights, strict=False)
+    hf.tie_weights()
+    hf.eval()
+    vocab = c.vocab_size
+    out: dict = {"prefill": {}, "decode": {}}
+    with torch.inference_mode():
+        for n in args.prefill:
+            ids = torch.tensor([_tokens(2, n, vocab)])
+            hf(ids[:, :64])
+            t0 = time.perf_counter()
+            hf(ids)
+            out["prefill"][n] = n / (time.perf_counter() - t0)
+        for b in args.batch:
+            ids = torch.tensor([_tokens(10 + i, 16, vocab) for i in range(b)])
+            kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
+            t0 = time.perf_counter()
+            hf.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+            t1 = time.perf_counter()
+            hf.generate(ids, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, **kw)
+            t2 = time.perf_counter()
+            # decode phase only: subtract one prefill-plus-first-token run
+            out["decode"][b] = b * (args.new_tokens - 1) / ((t2 - t1) - (t1 - t0))
+    return out
+
+
+def _table(res: dict, args) -> str:
+    p, h = res["parrot"], res.get("transformers")
+    lines = [f"{'metric':<44}{'parrot':>12}{'transformers':>14}"]
+    for n in args.prefill:
+        hv = f"{h['prefill'][n]:>14.0f}" if h else f"{'-':>14}"
+        lines.append(f"{f'prefill tok/s ({n} tokens)':<44}{p['prefill'][n]:>12.0f}{hv}")
+    for b in args.batch:
+        hv = f"{h['decode'][b]:>14.0f}" if h else f"{'-':>14}"
+        lines.append(f"{f'decode tok/s (batch {b})':<44}{p['decode'][b]:>12.1f}{hv}")
+    sp = p["shared_prefix"]
+    ns, fk = sp["not_shared"], sp["forked"]
+    label = f"{args.users} users x {args.prefix_len}-tok prefix"
+    lines.append(f"{label + ', not shared: wall s':<44}{ns['wall_s']:>12.2f}")
+    lines.append(f"{label + ', forked: wall s':<44}{fk['wall_s']:>12.2f}")
+    lines.append(f"{'  speedup (not shared / forked)':<44}{ns['wall_s'] / fk['wall_s']:>12.2f}")
+    lines.append(
+        f"{'  peak KV blocks not shared / forked':<44}"
+        f"{ns['peak_kv_blocks']:>6} / {fk['peak_kv_blocks']:<5}"
+        f"({ns['peak_kv_blocks'] / max(1, fk['peak_kv_blocks']):.1f}x)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="parrot bench engine", description=__doc__)
+    ap.add_argument("--model", default=None, help="model path (default: embedded SmolLM2)")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--prefill", type=int, nargs="+", default=[512, 2048])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--users", type=int, default=16)
+    ap.add_argument("--prefix-len", type=int, default=1000)
+    ap.add_argument("--shared-new-tokens", type=int, default=32)
+    ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument("--json", default="bench-results/engine.json")
+    args = ap.parse_args(argv)
+    model = load_model(args.model)
+    res = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+        },
+        "dtype": args.dtype,
+        "parrot": asyncio.run(bench_parrot(model, args)),
+    }
+    if not args.no_transformers:
+        res["transformers"] = bench_transformers(model, args)
+    print(_table(res, args))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(res, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

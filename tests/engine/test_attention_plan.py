@@ -1,0 +1,64 @@
+"""The per-step attention plan (shared-prefix groups + suffixes + prefills) vs the oracle."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from engine.builtin.attention import AttentionPlan
+from engine.builtin.config import tiny_config
+from engine.builtin.kv_cache import KVCache
+from kernels.reference import reference_attention, reference_paged_decode
+
+BS = 16
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shared_prefix_groups_match_reference(seed: int):
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    cfg = tiny_config()
+    kv = KVCache(cfg, num_blocks=128, block_size=BS, dtype=torch.float32)
+    kv.k.normal_()
+    kv.v.normal_()
+    free = list(range(128))
+    rng.shuffle(free)
+    decodes = []
+    for _ in range(2):  # two groups, each with its own shared prefix of 2-4 full blocks
+        prefix = [free.pop() for _ in range(rng.randint(2, 4))]
+        for _ in range(rng.randint(2, 4)):
+            suffix_len = rng.randint(1, 40)  # uneven, not block aligned
+            own = [free.pop() for _ in range(-(-suffix_len // BS))]
+            decodes.append((prefix + own, len(prefix) * BS + suffix_len))
+    decodes.append(([free.pop()], 7))  # a loner with no shared prefix
+    prefill_table = [free.pop() for _ in range(3)]
+    prefills = [(prefill_table, 20, 13)]  # 20 computed tokens, 13 new
+
+    plan = AttentionPlan.build(kv, cfg.head_dim**-0.5, cfg.num_heads, decodes, prefills)
+    assert len(plan.groups) == 2
+    t = len(decodes) + 13
+    q = torch.randn(t, cfg.num_heads, cfg.head_dim)
+    k = torch.randn(t, cfg.num_kv_heads, cfg.head_dim)
+    v = torch.randn(t, cfg.num_kv_heads, cfg.head_dim)
+    out = plan(0, q, k, v)
+
+    k_blocks = kv.k[0].view(128, BS, cfg.num_kv_heads, cfg.head_dim)
+    v_blocks = kv.v[0].view(128, BS, cfg.num_kv_heads, cfg.head_dim)
+    nd = len(decodes)
+    ref, _ = reference_paged_decode(
+        q[:nd], k_blocks, v_blocks, [d[0] for d in decodes], [d[1] for d in decodes]
+    )
+    assert (out[:nd] - ref).abs().max() < 1e-4
+    slots = [b * BS + o for b in prefill_table for o in range(BS)][:33]
+    ref_p, _ = reference_attention(q[nd:], kv.k[0][slots], kv.v[0][slots])
+    assert (out[nd:] - ref_p).abs().max() < 1e-4
+
+
+def test_sharing_off_builds_no_groups():
+    cfg = tiny_config()
+    kv = KVCache(cfg, num_blocks=16, block_size=BS, dtype=torch.float32)
+    decodes = [([0, 1, 2], 40), ([0, 1, 3], 35)]
+    plan = AttentionPlan.build(kv, 1.0, cfg.num_heads, decodes, [], share_prefixes=False)
+    assert plan.groups == []
