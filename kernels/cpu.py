@@ -70,20 +70,23 @@ def _unfold(x: torch.Tensor, t: int) -> torch.Tensor:
 
 def decode_attention(
     q: torch.Tensor,
-    k_flat: torch.Tensor,
-    v_flat: torch.Tensor,
-    slots: torch.Tensor,
+    k_blocks: torch.Tensor,
+    v_blocks: torch.Tensor,
+    tables: torch.Tensor,
     bias: torch.Tensor,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One query per sequence over its own KV slots.
+    """One query per sequence over its own KV blocks.
 
-    q [B, Hq, D]; k_flat/v_flat [num_slots, Hkv, D]; slots [B, L] long (padded);
-    bias [B, L] additive (-inf on padding). Returns out [B, Hq, D], lse [B, Hq].
+    q [B, Hq, D]; k_blocks/v_blocks [num_blocks, block_size, Hkv, D]; tables [B, nb] block
+    ids (padded); bias [B, nb * block_size] additive, -inf past each sequence's length.
+    Returns out [B, Hq, D], lse [B, Hq]. Whole blocks are gathered (one index per block,
+    not per token), which is several times cheaper than a per-slot gather.
     """
-    hkv = k_flat.shape[1]
-    k = k_flat[slots].transpose(1, 2)  # [B, Hkv, L, D]
-    v = v_flat[slots].transpose(1, 2)
+    b, nb = tables.shape
+    _, bs, hkv, d = k_blocks.shape
+    k = k_blocks.index_select(0, tables.view(-1)).view(b, nb * bs, hkv, d).transpose(1, 2)
+    v = v_blocks.index_select(0, tables.view(-1)).view(b, nb * bs, hkv, d).transpose(1, 2)
     out, lse = attend(_fold(q.unsqueeze(1), hkv), k, v, bias[:, None, None, :], scale)
     return _unfold(out, 1)[:, 0], _unfold(lse, 1)[:, 0]
 

@@ -57,7 +57,7 @@ class AttentionPlan:
         scale: float,
         slot_mapping: torch.Tensor,
         num_decode: int,
-        decode_slots: torch.Tensor | None,
+        decode_tables: torch.Tensor | None,
         decode_bias: torch.Tensor | None,
         groups: list[SharedGroup],
         prefills: list[PrefillSpan],
@@ -66,7 +66,7 @@ class AttentionPlan:
         self.scale = scale
         self.slot_mapping = slot_mapping
         self.num_decode = num_decode
-        self.decode_slots = decode_slots
+        self.decode_tables = decode_tables
         self.decode_bias = decode_bias
         self.groups = groups
         self.prefills = prefills
@@ -111,7 +111,7 @@ class AttentionPlan:
                 for r in rows:
                     skip[r] = num_blocks
 
-        decode_slots = decode_bias = None
+        decode_tables = decode_bias = None
         if decodes:
             lens = [length - skip[i] * bs for i, (_, length) in enumerate(decodes)]
             width = -(-max(lens) // bs)
@@ -119,7 +119,7 @@ class AttentionPlan:
             for i, (table, _) in enumerate(decodes):
                 own = table[skip[i] :]
                 tables[i, : len(own)] = torch.tensor(own)
-            decode_slots = (tables.unsqueeze(-1) * bs + torch.arange(bs)).view(len(decodes), -1)
+            decode_tables = tables
             valid = torch.arange(width * bs).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)
             decode_bias = mask_to_bias(valid, dtype)
         return cls(
@@ -127,7 +127,7 @@ class AttentionPlan:
             scale,
             torch.tensor(slot_mapping, dtype=torch.long),
             len(decodes),
-            decode_slots,
+            decode_tables,
             decode_bias,
             groups,
             spans,
@@ -141,8 +141,14 @@ class AttentionPlan:
         out = torch.empty_like(q)
         nd = self.num_decode
         if nd:
+            shape = (-1, self.kv.block_size, *k_flat.shape[1:])
             dec, lse = decode_attention(
-                q[:nd], k_flat, v_flat, self.decode_slots, self.decode_bias, self.scale
+                q[:nd],
+                k_flat.view(shape),
+                v_flat.view(shape),
+                self.decode_tables,
+                self.decode_bias,
+                self.scale,
             )
             for g in self.groups:
                 pk, pv = k_flat[g.prefix_slots], v_flat[g.prefix_slots]

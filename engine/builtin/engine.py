@@ -21,6 +21,7 @@ import torch
 
 from engine.builtin.block_manager import BlockManager
 from engine.builtin.contexts import ContextTable
+from engine.builtin.cpu_tuning import tune_malloc
 from engine.builtin.kv_cache import KVCache
 from engine.builtin.model import LlamaModel
 from engine.builtin.model_files import LoadedModel
@@ -64,9 +65,13 @@ class BuiltinEngine:
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
         dtype = DTYPES[options.dtype]
+        if options.device == "cpu":
+            tune_malloc()
         if options.num_threads:
             torch.set_num_threads(options.num_threads)
-        self.model = LlamaModel(loaded.config, loaded.weights, dtype, options.device)
+        self.model = LlamaModel(
+            loaded.config, loaded.weights, dtype, options.device, options.q4_max_rows
+        )
         num_blocks = options.num_blocks or max(
             64,
             options.kv_cache_mb

@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from engine.builtin import quant
 from engine.builtin.config import ModelConfig
 
 
@@ -31,6 +32,24 @@ class LayerWeights:
     mlp_norm: torch.Tensor
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
     down: torch.Tensor
+    q4: dict[str, quant.Q4Weight] | None = None  # 4-bit forms for small batches
+
+
+def _project(
+    h: torch.Tensor, w: torch.Tensor, q4: dict[str, quant.Q4Weight] | None, name: str
+) -> torch.Tensor:
+    return q4[name].matmul(h) if q4 is not None else F.linear(h, w)
+
+
+def _residual(
+    x: torch.Tensor,
+    h: torch.Tensor,
+    w: torch.Tensor,
+    q4: dict[str, quant.Q4Weight] | None,
+    name: str,
+) -> torch.Tensor:
+    """x + h @ w.T, fused into one addmm on the bf16 path."""
+    return x + q4[name].matmul(h) if q4 is not None else torch.addmm(x, h, w.t())
 
 
 class LlamaModel:
@@ -40,7 +59,10 @@ class LlamaModel:
         weights: dict[str, torch.Tensor],
         dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
+        q4_max_rows: int = 8,
     ):
+        """`q4_max_rows`: batches of at most this many tokens use the 4-bit weights when the
+        model's weights are exactly 4-bit representable (0 disables the 4-bit path)."""
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
@@ -71,7 +93,32 @@ class LlamaModel:
                     down=w(p + "mlp.down_proj.weight"),
                 )
             )
+        self.q4_max_rows = 0
+        if q4_max_rows and quant.available(dtype, self.device):
+            self._init_q4(weights, q4_max_rows)
         self._init_rope()
+
+    def _init_q4(self, weights: dict[str, torch.Tensor], max_rows: int) -> None:
+        packs = []
+        for i in range(self.config.num_layers):
+            p = f"model.layers.{i}."
+
+            def cat(*names: str, p: str = p) -> torch.Tensor:
+                return torch.cat([weights[p + n] for n in names])
+
+            sources = {
+                "qkv": cat(*(f"self_attn.{n}_proj.weight" for n in "qkv")),
+                "o": weights[p + "self_attn.o_proj.weight"],
+                "gate_up": cat("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+                "down": weights[p + "mlp.down_proj.weight"],
+            }
+            layer = {name: quant.pack_if_exact(w) for name, w in sources.items()}
+            if any(v is None for v in layer.values()):
+                return  # not a 4-bit model: a lossy re-quantisation is not done silently
+            packs.append(layer)
+        for layer, q4 in zip(self.layers, packs, strict=True):
+            layer.q4 = q4
+        self.q4_max_rows = max_rows
 
     def _init_rope(self) -> None:
         c = self.config
@@ -101,16 +148,18 @@ class LlamaModel:
         cos = self._cos[positions].unsqueeze(1)
         sin = self._sin[positions].unsqueeze(1)
         x = F.embedding(input_ids, self.embed)
+        use_q4 = t <= self.q4_max_rows
         for i, layer in enumerate(self.layers):
+            q4 = layer.q4 if use_q4 else None
             h = F.rms_norm(x, hidden, layer.attn_norm, eps)
-            qkv = F.linear(h, layer.qkv)
+            qkv = _project(h, layer.qkv, q4, "qkv")
             qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
             attn = attention(i, qk[:, :hq], qk[:, hq:], v)
-            x = torch.addmm(x, attn.reshape(t, hq * d), layer.o.t())
+            x = _residual(x, attn.reshape(t, hq * d), layer.o, q4, "o")
             h = F.rms_norm(x, hidden, layer.mlp_norm, eps)
-            gate, up = F.linear(h, layer.gate_up).chunk(2, dim=-1)
-            x = torch.addmm(x, F.silu(gate).mul_(up), layer.down.t())
+            gate, up = _project(h, layer.gate_up, q4, "gate_up").chunk(2, dim=-1)
+            x = _residual(x, F.silu(gate).mul_(up), layer.down, q4, "down")
         h = F.rms_norm(x.index_select(0, logit_rows), hidden, self.final_norm, eps)
         return F.linear(h, self.lm_head).float()

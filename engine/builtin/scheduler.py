@@ -70,8 +70,9 @@ class Scheduler:
 
     def add(self, seq: Sequence) -> None:
         s = seq.scheduling
-        app = self._rank("app", s.app_id)
         group = self._rank("group", s.group_id)
+        # A group outside any app still keeps its members together.
+        app = self._rank("app", s.app_id) if s.app_id is not None or s.group_id is None else group
         seq.order_key = (0 if seq.is_latency else 1, -s.priority, app, group, next(self._ticket))
         seq.status = Status.WAITING
         self.waiting.append(seq)

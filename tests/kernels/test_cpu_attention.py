@@ -20,14 +20,14 @@ def _paged(num_blocks: int, dtype=torch.float32):
     return k, v
 
 
-def _slots(tables: list[list[int]], lens: list[int]):
-    width = max(lens)
-    slots = torch.zeros(len(lens), width, dtype=torch.long)
-    valid = torch.zeros(len(lens), width, dtype=torch.bool)
-    for i, (table, n) in enumerate(zip(tables, lens, strict=True)):
-        slots[i, :n] = torch.tensor([table[p // BS] * BS + p % BS for p in range(n)])
-        valid[i, :n] = True
-    return slots, valid
+def _tables(tables: list[list[int]], lens: list[int]):
+    """Padded block tables and the additive bias that hides padding."""
+    width = max(len(t) for t in tables)
+    padded = torch.zeros(len(lens), width, dtype=torch.long)
+    for i, table in enumerate(tables):
+        padded[i, : len(table)] = torch.tensor(table)
+    valid = torch.arange(width * BS).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)
+    return padded, valid
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -44,10 +44,8 @@ def test_decode_matches_reference_with_uneven_lengths_and_shuffled_blocks(seed: 
         tables.append(order[at : at + nb])
         at += nb
     q = torch.randn(len(lens), HQ, D)
-    slots, valid = _slots(tables, lens)
-    out, lse = decode_attention(
-        q, k.view(-1, HKV, D), v.view(-1, HKV, D), slots, mask_to_bias(valid, q.dtype), D**-0.5
-    )
+    padded, valid = _tables(tables, lens)
+    out, lse = decode_attention(q, k, v, padded, mask_to_bias(valid, q.dtype), D**-0.5)
     ref_out, ref_lse = reference_paged_decode(q, k, v, tables, lens)
     assert (out - ref_out).abs().max() < 1e-4
     assert (lse - ref_lse).abs().max() < 1e-4
@@ -85,10 +83,8 @@ def test_bfloat16_decode_is_close_to_reference():
     k, v = _paged(16, torch.bfloat16)
     tables, lens = [[3, 1, 4], [9, 2]], [40, 20]
     q = torch.randn(2, HQ, D, dtype=torch.bfloat16)
-    slots, valid = _slots(tables, lens)
-    out, _ = decode_attention(
-        q, k.view(-1, HKV, D), v.view(-1, HKV, D), slots, mask_to_bias(valid, q.dtype), D**-0.5
-    )
+    padded, valid = _tables(tables, lens)
+    out, _ = decode_attention(q, k, v, padded, mask_to_bias(valid, q.dtype), D**-0.5)
     ref, _ = reference_paged_decode(q.float(), k.float(), v.float(), tables, lens)
     assert ((out.float() - ref).norm() / ref.norm()) < 1e-2
 

@@ -1,0 +1,93 @@
+"""Scheduler policy: ordering by objective/priority/app/group, latency cap, token budget."""
+
+from __future__ import annotations
+
+from engine.builtin.block_manager import BlockManager
+from engine.builtin.contexts import ContextTable
+from engine.builtin.scheduler import Scheduler, SchedulerConfig
+from engine.builtin.sequence import Sequence
+from engine.protocol import SamplingParams, Scheduling
+
+BS = 4
+
+
+def setup(num_blocks=256, **cfg):
+    table = ContextTable(BlockManager(num_blocks, BS), lambda *a: None)
+    return table, Scheduler(SchedulerConfig(**cfg), table)
+
+
+def add(table, sched, name, n_tokens=3, **scheduling):
+    ctx = table.create(name)
+    base = 1000 * (1 + sum(map(ord, name)))  # distinct tokens: no accidental prefix hits
+    ctx.token_ids.extend(range(base, base + n_tokens))
+    seq = Sequence(
+        request_id=name,
+        context=ctx,
+        scheduling=Scheduling(**scheduling),
+        arrival=0.0,
+        sink=None,
+        sampling=SamplingParams(max_tokens=4),
+    )
+    sched.add(seq)
+    return seq
+
+
+def step(table, sched):
+    plan = sched.schedule()
+    for c in plan.chunks:
+        table.commit(c.seq.context, c.num_tokens)
+        if c.sample:  # pretend a token was sampled so the sequence keeps decoding
+            c.seq.context.token_ids.append(1)
+    return [c.seq.request_id for c in plan.chunks]
+
+
+def test_latency_work_goes_first_and_caps_the_batch():
+    table, sched = setup(latency_cap=2)
+    for i in range(4):
+        add(table, sched, f"t{i}", objective="throughput")
+    add(table, sched, "l0", objective="latency")
+    add(table, sched, "l1", objective="latency")
+    assert step(table, sched) == ["l0", "l1"]
+    assert step(table, sched) == ["l0", "l1"]
+    # once latency work is gone, throughput work runs uncapped
+    for name in ("l0", "l1"):
+        sched.remove(next(s for s in sched.running if s.request_id == name))
+    assert sorted(step(table, sched)) == ["t0", "t1", "t2", "t3"]
+
+
+def test_priority_then_app_fifo_then_group_order():
+    table, sched = setup(max_batch_size=8)
+    add(table, sched, "late-app", objective="throughput", app_id="B")
+    add(table, sched, "early-app", objective="throughput", app_id="A")
+    add(table, sched, "b2", objective="throughput", app_id="B")
+    add(table, sched, "urgent", objective="throughput", priority=5)
+    assert step(table, sched) == ["urgent", "late-app", "b2", "early-app"]
+
+
+def test_task_group_members_are_contiguous():
+    table, sched = setup(max_batch_size=3)
+    add(table, sched, "g1-a", objective="throughput", group_id="g1")
+    add(table, sched, "x", objective="throughput")
+    add(table, sched, "g1-b", objective="throughput", group_id="g1")
+    add(table, sched, "g1-c", objective="throughput", group_id="g1")
+    assert step(table, sched) == ["g1-a", "g1-b", "g1-c"]
+
+
+def test_token_budget_chunks_long_prefills():
+    table, sched = setup(max_step_tokens=10)
+    add(table, sched, "long", n_tokens=25)
+    add(table, sched, "short", n_tokens=3)
+    plan = sched.schedule()
+    assert [(c.seq.request_id, c.num_tokens, c.sample) for c in plan.chunks] == [
+        ("long", 10, False)
+    ]
+
+
+def test_out_of_blocks_preempts_lower_ranked_work():
+    table, sched = setup(num_blocks=4, max_step_tokens=64)
+    low = add(table, sched, "low", n_tokens=8, objective="throughput")
+    assert step(table, sched) == ["low"]
+    high = add(table, sched, "high", n_tokens=9, objective="latency")
+    plan = sched.schedule()
+    assert [c.seq for c in plan.chunks] == [high]
+    assert plan.preempted == [low] and low.context.num_computed == 0
