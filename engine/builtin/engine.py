@@ -168,6 +168,12 @@ class BuiltinEngine:
         self._submit(lambda: self._start_fill(request, tokens, future))
         return await future
 
+    async def fork(self, context_id: str, parent_context_id: str) -> FillResult:
+        """A new context sharing the parent's KV (full blocks shared, partial block copied)."""
+        return await self.fill(
+            FillRequest(context_id=context_id, parent_context_id=parent_context_id)
+        )
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         request.sampling.validate(self.config.vocab_size)
         tokens = self._tokens(request.prompt_token_ids, request.prompt_text)
