@@ -1,0 +1,107 @@
+"""Shared system prompts: many users' queries behind a few long system prompts.
+
+`burst` is the Bing-Copilot-like case (a batch of users at once behind one long prompt);
+`rates` is the GPTs-like case (four apps with prompts of different lengths, 1:1:1:1,
+Poisson arrivals at rising rates), reporting normalized latency (seconds per output token)
+and the highest tested rate that keeps it under a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+from loadtest.apps.clients import OpenAIApi, ParrotApi, render
+from loadtest.apps.text import query, system_prompt
+
+ROLES = ("a travel planner", "a cooking assistant", "a coding tutor", "a fitness coach")
+
+
+def template(app: int, prompt_tokens: int) -> str:
+    system = system_prompt(100 + app, prompt_tokens, ROLES[app % len(ROLES)])
+    return system + "\nUser: {{input:question}}\nAssistant: {{output:answer}}"
+
+
+@dataclass(frozen=True)
+class SharedPromptParams:
+    users: int = 16
+    prompt_tokens: int = 700
+    app_prompt_tokens: tuple[int, ...] = (300, 500, 700, 900)
+    output_tokens: int = 32
+    rates: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    requests_per_rate: int = 16
+    bound_s_per_token: float = 0.25
+    seed: int = 2
+
+
+class _ParrotUser:
+    """One session per app, reused by every user of that app (the prefix is shared anyway)."""
+
+    def __init__(self, api: ParrotApi):
+        self.api = api
+        self.sessions: dict[int, str] = {}
+
+    async def ask(self, app: int, tmpl: str, question: str, out: int) -> None:
+        if app not in self.sessions:
+            self.sessions[app] = await self.api.session()
+        sid = self.sessions[app]
+        vid = (await self.api.submit(sid, tmpl, {"question": question}, {"answer": out}))["answer"]
+        await self.api.get(sid, vid, "latency")
+
+    async def close(self) -> None:
+        for sid in self.sessions.values():
+            await self.api.end(sid)
+
+
+async def _burst(ask, p: SharedPromptParams) -> dict:
+    tmpl = template(0, p.prompt_tokens)
+
+    async def one(i: int) -> float:
+        t = time.perf_counter()
+        await ask(0, tmpl, query(p.seed * 1000 + i), p.output_tokens)
+        return time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    latencies = await asyncio.gather(*(one(i) for i in range(p.users)))
+    return {"e2e_s": time.perf_counter() - t0, "mean_latency_s": statistics.mean(latencies)}
+
+
+async def _rates(ask, p: SharedPromptParams) -> dict:
+    templates = [template(a, n) for a, n in enumerate(p.app_prompt_tokens)]
+    results = {}
+    for rate in p.rates:
+        rng = random.Random(p.seed + int(rate * 1000))
+
+        async def one(i: int, delay: float, rng_seed: int) -> float:
+            await asyncio.sleep(delay)
+            app = i % len(templates)
+            t = time.perf_counter()
+            await ask(app, templates[app], query(rng_seed), p.output_tokens)
+            return (time.perf_counter() - t) / p.output_tokens
+
+        delays, at = [], 0.0
+        for _ in range(p.requests_per_rate):
+            delays.append(at)
+            at += rng.expovariate(rate)
+        norm = await asyncio.gather(*(one(i, d, p.seed * 7919 + i) for i, d in enumerate(delays)))
+        results[str(rate)] = statistics.mean(norm)
+    ok = [float(r) for r, v in results.items() if v <= p.bound_s_per_token]
+    return {"normalized_latency": results, "sustainable_rate": max(ok, default=0.0)}
+
+
+async def run_parrot(api: ParrotApi, p: SharedPromptParams, mode: str = "burst") -> dict:
+    user = _ParrotUser(api)
+    try:
+        return await (_burst if mode == "burst" else _rates)(user.ask, p)
+    finally:
+        await user.close()
+
+
+async def run_baseline(api: OpenAIApi, p: SharedPromptParams, mode: str = "burst") -> dict:
+    async def ask(app: int, tmpl: str, question: str, out: int) -> None:
+        await api.complete(render(tmpl, {"question": question}), out)
+
+    return await (_burst if mode == "burst" else _rates)(ask, p)

@@ -1,0 +1,226 @@
+"""`parrot bench apps`: the paper's five application workloads, Parrot vs request-level serving.
+
+Every system is started fresh on a free port and driven over HTTP by the same client code
+(Parrot through its semantic-variable API, the others by client-side orchestration), with an
+injected round-trip time per request. Prints a table with the ratios baseline/parrot and
+vllm/parrot, writes JSON, and draws plots into docs/img/.
+
+    parrot bench apps --quick                      # all five, small sizes (make bench)
+    parrot bench apps --workload chain --systems parrot baseline --rtt 0 0.05
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loadtest import systems
+from loadtest.apps import chain, map_reduce, mixed, multi_agent, shared_prompt
+from loadtest.apps.clients import OpenAIApi, ParrotApi
+from loadtest.apps.text import paragraph
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_WORKLOADS = ("chain", "chain_bg", "map_reduce", "shared_prompt", "multi_agent", "mixed")
+DEFAULT_SYSTEMS = ("parrot", "baseline", "baseline+apc", "vllm")
+
+
+def cases(workload: str, quick: bool) -> list[tuple[str, Any]]:
+    """(label, params) for each point of a workload's sweep."""
+    if workload == "chain":
+        sizes = [(200, 25)] if quick else [(100, 25), (200, 25), (400, 25), (200, 50)]
+        return [
+            (f"{c}tok/{o}out", chain.ChainParams(chunk_tokens=c, output_tokens=o)) for c, o in sizes
+        ]
+    if workload == "chain_bg":
+        rates = [1.0] if quick else [0.0, 0.5, 1.0, 2.0]
+        return [(f"bg {r}/s", (chain.ChainParams(), r)) for r in rates]
+    if workload == "map_reduce":
+        outs = [25] if quick else [25, 50]
+        return [(f"8x200tok/{o}out", map_reduce.MapReduceParams(output_tokens=o)) for o in outs]
+    if workload == "shared_prompt":
+        burst = shared_prompt.SharedPromptParams()
+        rates = shared_prompt.SharedPromptParams(
+            rates=(1.0, 2.0, 4.0) if quick else (0.5, 1.0, 2.0, 4.0, 8.0),
+            requests_per_rate=8 if quick else 24,
+        )
+        return [("16 users x 700tok", ("burst", burst)), ("4 apps, rates", ("rates", rates))]
+    if workload == "multi_agent":
+        files = [4] if quick else [4, 8, 16]
+        return [(f"{n} files", multi_agent.MultiAgentParams(files=n)) for n in files]
+    if workload == "mixed":
+        return [("chat 1/s + 4 map-reduce", mixed.MixedParams(chat_requests=12 if quick else 30))]
+    raise ValueError(f"unknown workload {workload}")
+
+
+async def _background(api: OpenAIApi, rate: float, stop: asyncio.Event, seed: int) -> int:
+    """Poisson requests from other clients (200-token prompts, 25 tokens out)."""
+    rng = random.Random(seed)
+    tasks = []
+    while rate > 0 and not stop.is_set():
+        prompt = paragraph(rng, 200) + "\nSummary:"
+        tasks.append(asyncio.create_task(api.complete(prompt, 25)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rng.expovariate(rate))
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return len(tasks)
+
+
+async def run_case(workload: str, params: Any, system: systems.Running, rtt: float) -> dict:
+    kind = systems.CLIENT[system.name]
+    parrot = ParrotApi(system.base_url, system.model, rtt) if kind == "parrot" else None
+    plain = OpenAIApi(system.base_url, system.model, rtt)
+    try:
+        if workload == "chain_bg":
+            params, rate = params
+            bg_client = OpenAIApi(system.base_url, system.model, rtt)
+            stop = asyncio.Event()
+            bg = asyncio.create_task(_background(bg_client, rate, stop, seed=9))
+            await asyncio.sleep(0.5)  # let the background load build up first
+            res = await (
+                chain.run_parrot(parrot, params) if parrot else chain.run_baseline(plain, params)
+            )
+            stop.set()
+            res["background_requests"] = await bg
+            await bg_client.close()
+            return res
+        module = {
+            "chain": chain,
+            "map_reduce": map_reduce,
+            "multi_agent": multi_agent,
+            "shared_prompt": shared_prompt,
+            "mixed": mixed,
+        }[workload]
+        if workload == "shared_prompt":
+            mode, params = params
+            return await (
+                module.run_parrot(parrot, params, mode)
+                if parrot
+                else module.run_baseline(plain, params, mode)
+            )
+        if workload == "mixed":
+            return await (
+                mixed.run_parrot(parrot, plain, params)
+                if parrot
+                else mixed.run_baseline(plain, params)
+            )
+        return await (
+            module.run_parrot(parrot, params) if parrot else module.run_baseline(plain, params)
+        )
+    finally:
+        await plain.close()
+        if parrot:
+            await parrot.close()
+
+
+def headline(workload: str, result: dict) -> float:
+    """The one number compared across systems (lower is better)."""
+    if "chat_s_per_token" in result:
+        return result["chat_s_per_token"]
+    if "normalized_latency" in result:
+        return max(result["normalized_latency"].values())
+    return result.get("mean_latency_s", result["e2e_s"])
+
+
+def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
+    results: dict = {}
+    plan = [(w, label, p) for w in args.workload for label, p in cases(w, args.quick)]
+    total = len(plan) * len(args.rtt) * len(args.systems)
+    done = 0
+    for name in args.systems:
+        if name == "baseline-latcap" and "mixed" not in args.workload:
+            continue
+        try:
+            ctx = systems.start(name, log_path=str(Path(args.json).with_suffix(f".{name}.log")))
+            system = ctx.__enter__()
+        except RuntimeError as exc:
+            progress(f"skipping {name}: {exc}")
+            done += len(plan) * len(args.rtt)
+            continue
+        try:
+            for workload, label, params in plan:
+                if name == "baseline-latcap" and workload != "mixed":
+                    done += len(args.rtt)
+                    continue
+                for rtt in args.rtt:
+                    t0 = time.perf_counter()
+                    res = asyncio.run(run_case(workload, params, system, rtt))
+                    done += 1
+                    key = f"{workload}|{label}|rtt={int(rtt * 1000)}ms"
+                    results.setdefault(key, {})[name] = res
+                    progress(
+                        f"[{done}/{total}] {name:<15} {key:<48} "
+                        f"{headline(workload, res):8.3f}  ({time.perf_counter() - t0:.0f}s)"
+                    )
+        finally:
+            ctx.__exit__(None, None, None)
+    return results
+
+
+def table(results: dict) -> str:
+    names = sorted(
+        {n for row in results.values() for n in row},
+        key=lambda n: list(DEFAULT_SYSTEMS + ("baseline-latcap",)).index(n),
+    )
+    head = f"{'case':<52}" + "".join(f"{n:>16}" for n in names)
+    head += f"{'base/parrot':>13}{'apc/parrot':>12}{'vllm/parrot':>13}"
+    lines = [head, "-" * len(head)]
+    for key, row in results.items():
+        w = key.split("|")[0]
+        vals = {n: headline(w, r) for n, r in row.items()}
+        line = f"{key:<52}" + "".join(
+            f"{vals[n]:>16.3f}" if n in vals else f"{'-':>16}" for n in names
+        )
+        p = vals.get("parrot")
+        for other, width in (("baseline", 13), ("baseline+apc", 12), ("vllm", 13)):
+            ratio = vals[other] / p if p and other in vals else None
+            line += f"{ratio:>{width}.2f}" if ratio else f"{'-':>{width}}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="parrot bench apps",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--workload", nargs="+", default=list(ALL_WORKLOADS), choices=ALL_WORKLOADS)
+    ap.add_argument(
+        "--systems", nargs="+", default=list(DEFAULT_SYSTEMS), choices=[*systems.FLAGS, "vllm"]
+    )
+    ap.add_argument(
+        "--rtt",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.05],
+        help="injected client-server round trip per request, seconds",
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes (make bench)")
+    ap.add_argument("--json", default="bench-results/apps.json")
+    ap.add_argument("--plots", default=str(ROOT / "docs" / "img"))
+    args = ap.parse_args(argv)
+    if "mixed" in args.workload and "baseline-latcap" not in args.systems:
+        args.systems.append("baseline-latcap")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    results = run(args, lambda line: print(line, file=sys.stderr, flush=True))
+    print(table(results))
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.json} ({time.perf_counter() - started:.0f}s)")
+    from loadtest.plots import draw
+
+    for path in draw(results, Path(args.plots)):
+        print(f"plot {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
