@@ -1,1 +1,1 @@
-"""Parrot gateway: OpenAI and semantic-variable APIs, state store, engine pool, app-centric scheduling."""
+"""Parrot gateway: OpenAI and semantic-variable APIs, state store, engine pool, scheduling."""

@@ -13,10 +13,12 @@ attended in the batched decode call, and the two partial results are merged exac
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from engine.builtin.kv_cache import KVCache
+from kernels import dispatch
 from kernels.cpu import (
     causal_attention,
     causal_bias,
@@ -25,6 +27,9 @@ from kernels.cpu import (
     prefix_attention,
 )
 from kernels.merge import merge_attention_states
+
+if TYPE_CHECKING:
+    from kernels.triton.step import TritonAttention
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
 MIN_SHARED_BLOCKS = 2
@@ -190,3 +195,16 @@ def _shared_groups(decodes: list[tuple[list[int], int]]) -> list[tuple[list[int]
         if common >= MIN_SHARED_BLOCKS:
             groups.append((rows, common))
     return groups
+
+
+def device_plan(
+    kv: KVCache,
+    scale: float,
+    num_heads: int,
+    decodes: list[tuple[list[int], int]],
+    prefills: list[tuple[list[int], int, int]],
+    share_prefixes: bool = True,
+) -> TritonAttention:
+    """CUDA: the same plan (same groups) as Triton kernel metadata; see kernels/dispatch.py."""
+    groups = _shared_groups(decodes) if share_prefixes and len(decodes) > 1 else []
+    return dispatch.triton_attention(kv, scale, num_heads, decodes, groups, prefills)

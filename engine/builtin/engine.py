@@ -53,6 +53,7 @@ from engine.protocol import (
     GenerateRequest,
     Usage,
 )
+from kernels import dispatch
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class BuiltinEngine:
         self.config = loaded.config
         self.tokenizer = loaded.tokenizer
         dtype = DTYPES[options.dtype]
+        dispatch.check_device(options.device)
         if options.device == "cpu":
             tune_malloc()
         if options.num_threads:
@@ -373,6 +375,8 @@ class BuiltinEngine:
             self.contexts.commit(c.seq.context, c.num_tokens)
         sampling = [c for c in runnable if c.sample]
         if sampling:
+            if logits.device.type != "cpu" and any(_host_sampling(c.seq) for c in sampling):
+                logits = logits.cpu()
             picks = sample(logits, [c.seq for c in sampling], self.eos_ids)
             for c, (token, logprob) in zip(sampling, picks, strict=True):
                 self._append_token(c.seq, token, logprob)
@@ -470,6 +474,14 @@ class BuiltinEngine:
     def _fail_all(self, error: EngineError) -> None:
         for seq in list(self._requests.values()):
             self._finish_error(seq, error)
+
+
+def _host_sampling(seq: Sequence) -> bool:
+    """Seeded generators and penalties in the sampler work on host tensors only."""
+    sp = seq.sampling
+    return seq.generator is not None or (
+        sp.repetition_penalty != 1.0 or sp.presence_penalty != 0.0 or sp.frequency_penalty != 0.0
+    )
 
 
 def _deliver(batch: list[tuple[Callable[[Any], Any], Any]]) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from engine.builtin.attention import AttentionPlan
+from engine.builtin.attention import AttentionPlan, device_plan
 from engine.builtin.kv_cache import KVCache
 from engine.builtin.model import LlamaModel
 from engine.builtin.scheduler import Chunk
+from kernels import dispatch
 
 
 class ModelRunner:
@@ -16,6 +17,15 @@ class ModelRunner:
         self.kv = kv
         self.share_prefixes = share_prefixes
         self.scale = model.config.head_dim**-0.5
+        # CUDA: Triton attention plans, and graphs for decode-only steps (kernels/dispatch.py).
+        self.on_device = model.device.type != "cpu"
+        self.graphs = None
+        if self.on_device:
+            c = model.config
+            max_blocks = min(-(-c.context_length // kv.block_size), kv.num_blocks)
+            self.graphs = dispatch.decode_graphs(
+                model.forward, kv, self.scale, c.num_heads, max_blocks
+            )
 
     def run(self, chunks: list[Chunk]) -> torch.Tensor:
         """Compute every chunk; returns logits [S, V] for the sampling chunks, in chunk order."""
@@ -35,7 +45,8 @@ class ModelRunner:
             ids.extend(ctx.token_ids[start:end])
             positions.extend(range(start, end))
             row_of[id(c.seq)] = len(ids) - 1
-        plan = AttentionPlan.build(
+        build = device_plan if self.on_device else AttentionPlan.build
+        plan = build(
             self.kv,
             self.scale,
             self.model.config.num_heads,
@@ -47,6 +58,10 @@ class ModelRunner:
             share_prefixes=self.share_prefixes,
         )
         rows = [row_of[id(c.seq)] for c in chunks if c.sample]
+        if self.graphs is not None and self.graphs.covers(plan):
+            logits = self.graphs.run(ids, positions, plan, rows)
+            if logits is not None:
+                return logits
         device = self.model.device
         return self.model.forward(
             torch.tensor(ids, device=device),

@@ -1,0 +1,1 @@
+"""SGLang behind Parrot's engine protocol, plus a Parrot scheduling plugin for SGLang itself."""

@@ -1,0 +1,192 @@
+"""App-centric placement policies: small pure classes the scheduler composes.
+
+Each sees a `Demand` (what a ready call needs) and `EngineView`s (what this gateway knows of
+each engine). `admits` says whether an engine may take the work now; `score` ranks the
+engines that admit it (higher is better). Nothing here touches an engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from engine.protocol import Objective
+
+UNKNOWN_CAPACITY = 1 << 40  # engines that do not report KV blocks (echo, some upstreams)
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """One ready call as the scheduler sees it."""
+
+    call_id: str
+    objective: Objective
+    app_rank: int  # sessions that started dispatching earlier rank lower (go first)
+    seq: int  # submission order
+    est_tokens: int  # prompt + max new tokens, the shared prefix excluded
+    priority: int = 0
+    group_id: str | None = None
+    prefix_key: bytes | None = None
+    prefix_tokens: int = 0
+
+
+@dataclass(slots=True)
+class EngineView:
+    """One engine: its size and the work this gateway placed on it."""
+
+    member_id: str
+    capacity_tokens: int = UNKNOWN_CAPACITY
+    reserved_tokens: int = 0
+    latency_calls: int = 0
+    throughput_calls: int = 0
+    latency_cap: int = 4
+    prefixes: set[bytes] = field(default_factory=set)  # prefix contexts it holds (or fills)
+    groups: set[str] = field(default_factory=set)  # task groups with members running here
+
+    @property
+    def idle(self) -> bool:
+        return self.latency_calls == 0 and self.throughput_calls == 0
+
+    def cost(self, demand: Demand) -> int:
+        """Tokens the demand adds here: its prefix is free where the engine already has it."""
+        shared = demand.prefix_key is not None and demand.prefix_key in self.prefixes
+        return demand.est_tokens + (0 if shared else demand.prefix_tokens)
+
+    def take(self, demand: Demand) -> None:
+        self.reserved_tokens += self.cost(demand)
+        if demand.objective == "latency":
+            self.latency_calls += 1
+        else:
+            self.throughput_calls += 1
+        if demand.prefix_key is not None:
+            self.prefixes.add(demand.prefix_key)
+        if demand.group_id is not None:
+            self.groups.add(demand.group_id)
+
+
+class AppFifo:
+    """Order of ready work: latency first, then priority, then older applications, then
+    older calls, keeping a task group's members next to each other."""
+
+    @staticmethod
+    def order(demands: Iterable[Demand]) -> list[Demand]:
+        demands = list(demands)
+        group_seq: dict[str, int] = {}
+        for d in demands:
+            if d.group_id is not None:
+                group_seq[d.group_id] = min(group_seq.get(d.group_id, d.seq), d.seq)
+        return sorted(
+            demands,
+            key=lambda d: (
+                d.objective != "latency",
+                -d.priority,
+                d.app_rank,
+                group_seq.get(d.group_id, d.seq) if d.group_id else d.seq,
+                d.seq,
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityFit:
+    """Work goes where its KV fits (shared prefixes counted once); an idle engine takes
+    anything, so an oversized call fails on the engine with a clear error, not by waiting."""
+
+    max_fill: float = 0.9
+
+    def admits(self, view: EngineView, demand: Demand) -> bool:
+        if view.idle:
+            return True
+        return view.reserved_tokens + view.cost(demand) <= view.capacity_tokens * self.max_fill
+
+
+class LatencyCap:
+    """An engine running latency-critical work keeps its batch small: at most
+    `view.latency_cap` latency calls at once (the cap adapts to the measured per-token
+    latency, see `AdaptiveCap`)."""
+
+    @staticmethod
+    def admits(view: EngineView, demand: Demand) -> bool:
+        return demand.objective != "latency" or view.latency_calls < view.latency_cap
+
+    @staticmethod
+    def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
+        if demand.objective != "latency":
+            return ()
+        # Fewest latency calls, then least throughput work sharing the engine's steps.
+        return (-view.latency_calls, -view.throughput_calls)
+
+
+class ThroughputPacking:
+    """Throughput work goes to engines without latency work, packed onto the busiest such
+    engine that still fits, so batches grow large and other engines stay free."""
+
+    @staticmethod
+    def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
+        if demand.objective == "latency":
+            return ()
+        return (view.latency_calls == 0, view.reserved_tokens)
+
+
+class PrefixAffinity:
+    """Calls sharing a prefix go where that prefix lives (or is being filled)."""
+
+    @staticmethod
+    def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
+        return (demand.prefix_key is not None and demand.prefix_key in view.prefixes,)
+
+
+class GroupBatching:
+    """A task group is dispatched together to one engine where it fits."""
+
+    @staticmethod
+    def units(ordered: Sequence[Demand]) -> list[list[Demand]]:
+        """Consecutive demands of one group become one unit; others are units of one."""
+        units: list[list[Demand]] = []
+        index: dict[str, list[Demand]] = {}
+        for demand in ordered:
+            if demand.group_id is None:
+                units.append([demand])
+            elif demand.group_id in index:
+                index[demand.group_id].append(demand)
+            else:
+                index[demand.group_id] = [demand]
+                units.append(index[demand.group_id])
+        return units
+
+    @staticmethod
+    def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
+        # Members that became ready later follow the ones already running.
+        return (demand.group_id is not None and demand.group_id in view.groups,)
+
+
+@dataclass(slots=True)
+class AdaptiveCap:
+    """Per-engine latency cap from measured per-token latency against a target (AIMD):
+    over the target the cap halves, well under it the cap grows by one."""
+
+    target_s_per_token: float
+    initial: int = 4
+    maximum: int = 32
+    smoothing: float = 0.3
+    _caps: dict[str, int] = field(default_factory=dict)
+    _measured: dict[str, float] = field(default_factory=dict)
+
+    def cap(self, member_id: str) -> int:
+        return self._caps.get(member_id, self.initial)
+
+    def measured(self, member_id: str) -> float | None:
+        return self._measured.get(member_id)
+
+    def observe(self, member_id: str, s_per_token: float) -> None:
+        """A latency-critical call on `member_id` decoded at `s_per_token`."""
+        if self.target_s_per_token <= 0:
+            return
+        old = self._measured.get(member_id)
+        ewma = s_per_token if old is None else old + self.smoothing * (s_per_token - old)
+        self._measured[member_id] = ewma
+        cap = self.cap(member_id)
+        if ewma > self.target_s_per_token:
+            self._caps[member_id] = max(1, cap // 2)
+        elif ewma < 0.7 * self.target_s_per_token:
+            self._caps[member_id] = min(self.maximum, cap + 1)

@@ -1,0 +1,37 @@
+"""Which engines a gateway starts with: the local one (builtin or echo) and remote ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from engine.client import EngineClient
+from engine.remote import RemoteEngine
+from gateway.settings import Settings
+
+
+def local_engines(settings: Settings) -> list[EngineClient]:
+    """The in-process engine: none with `--no-local-engine`, EchoEngine with `--echo`,
+    else the builtin PyTorch engine (imported only here: it pulls in torch)."""
+    if not settings.local_engine:
+        return []
+    if settings.echo:
+        from engine.echo import EchoEngine
+
+        return [EchoEngine()]
+    from engine.builtin.factory import create_builtin_engine
+
+    return [create_builtin_engine(settings.model)]
+
+
+def remote_connector(settings: Settings) -> Callable[[str], EngineClient]:
+    """url -> RemoteEngine with the configured timeouts."""
+
+    def connect(url: str) -> EngineClient:
+        return RemoteEngine(
+            url,
+            connect_timeout_s=settings.engine_connect_timeout_s,
+            read_timeout_s=settings.engine_read_timeout_s,
+            health_timeout_s=settings.health_timeout_s,
+        )
+
+    return connect

@@ -1,0 +1,1 @@
+"""HTTP routes: thin controllers over `gateway.serving` (OpenAI, ops, admin)."""

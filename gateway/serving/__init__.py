@@ -1,0 +1,1 @@
+"""The OpenAI request flow: prompts, dispatch to engines, generation, response assembly."""

@@ -1,0 +1,1 @@
+"""Triton GPU attention over paged KV: decode, shared-prefix decode, merge, prefill."""

@@ -1,0 +1,98 @@
+"""The scheduler end to end over two named fake engines that record where work went."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from core.parrot_fakes import CopyFakeEngine
+
+from gateway.protocol.semantic import CallRequest
+
+TENANT = "t"
+SYSTEM = "You are a meticulous assistant who answers in one short sentence. " * 2
+
+
+def call(template: str, **inputs) -> CallRequest:
+    bindings = {k: v if isinstance(v, dict) else {"value": v} for k, v in inputs.items()}
+    return msgspec.convert({"model": "fake", "template": template, "inputs": bindings}, CallRequest)
+
+
+def engines() -> list[CopyFakeEngine]:
+    return [CopyFakeEngine("e0"), CopyFakeEngine("e1")]
+
+
+async def test_a_get_right_after_submission_sets_the_objective_before_dispatch(services):
+    fakes = engines()
+    # A roomy window: the test must not depend on how fast this machine runs the submits.
+    async with services(fakes, admission_quiet_s=0.1, admission_max_hold_s=0.5) as s:
+        core = s.core
+        sid = (await core.create_session(TENANT)).session_id
+        (a,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="a")], False)
+        (b,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="b")], False)
+        view = await core.get_variable(sid, TENANT, a.outputs["y"], "latency", 5)
+        assert view.value == "A"
+        await core.get_variable(sid, TENANT, b.outputs["y"], None, 5)
+        seen = {g.text: g for f in fakes for g in f.generates()}
+        assert seen["<<a>> "].objective == "latency"
+        assert seen["<<b>> "].objective == "throughput"  # nobody asked for it with latency
+        assert seen["<<a>> "].app_id == f"{TENANT}/{sid}"
+
+
+async def test_a_task_group_lands_on_one_engine(services):
+    fakes = engines()
+    async with services(fakes) as s:
+        core = s.core
+        sid = (await core.create_session(TENANT)).session_id
+        requests = [
+            call(f"map{i} <<{{{{input:x}}}}>> {{{{output:y}}}}", x=f"c{i}") for i in range(6)
+        ]
+        template = "reduce <<" + "".join(f"{{{{input:y{i}}}}}" for i in range(6)) + ">> "
+        requests.append(
+            call(template + "{{output:r}}", **{f"y{i}": {"ref": f"{i}.y"} for i in range(6)})
+        )
+        created = await core.submit(sid, TENANT, requests, True)
+        view = await core.get_variable(sid, TENANT, created[-1].outputs["r"], "latency", 5)
+        assert view.value == "C0C1C2C3C4C5"
+        where = {g.text[:4]: f.info.engine_id for f in fakes for g in f.generates()}
+        assert len({where[f"map{i}"] for i in range(6)}) == 1
+
+
+async def test_latency_and_throughput_apps_use_different_engines(services):
+    fakes = engines()
+    for fake in fakes:
+        fake.delay_s = 0.2  # keep the first call running while the second is placed
+    async with services(fakes) as s:
+        core = s.core
+        lat = (await core.create_session(TENANT)).session_id
+        bulk = (await core.create_session(TENANT)).session_id
+        (a,) = await core.submit(
+            lat, TENANT, [call("chat <<{{input:x}}>> {{output:y}}", x="hi")], False
+        )
+        getter = asyncio.create_task(core.get_variable(lat, TENANT, a.outputs["y"], "latency", 5))
+        await asyncio.sleep(0.05)
+        (b,) = await core.submit(
+            bulk, TENANT, [call("bulk <<{{input:x}}>> {{output:y}}", x="yo")], False
+        )
+        await core.get_variable(bulk, TENANT, b.outputs["y"], "throughput", 5)
+        await getter
+        where = {g.text[:4]: (f.info.engine_id, g.objective) for f in fakes for g in f.generates()}
+        assert where["chat"][1] == "latency" and where["bulk"][1] == "throughput"
+        assert where["chat"][0] != where["bulk"][0]
+
+
+async def test_calls_sharing_a_prefix_go_where_it_lives(services):
+    fakes = engines()
+    async with services(fakes) as s:
+        core = s.core
+        for i in range(3):
+            sid = (await core.create_session(TENANT)).session_id
+            (c,) = await core.submit(
+                sid, TENANT, [call(SYSTEM + "Q <<{{input:x}}>> {{output:y}}", x=f"q{i}")], False
+            )
+            await core.get_variable(sid, TENANT, c.outputs["y"], "latency", 5)
+        fills = [(f.info.engine_id, g) for f in fakes for g in f.seen if g.kind == "fill"]
+        assert len(fills) == 1  # the system prompt was filled once, on one engine
+        engine_id, fill = fills[0]
+        generates = [(f.info.engine_id, g) for f in fakes for g in f.generates()]
+        assert all(e == engine_id and g.parent == fill.context_id for e, g in generates)
