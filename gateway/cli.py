@@ -41,6 +41,7 @@ def _serve_parser(sub: Any) -> None:
         help="a remote engine (`parrot engine`); repeatable",
     )
     p.add_argument("--redis", dest="redis_url", help="keep gateway state in this Redis URL")
+    _builtin_flags(p)
     p.add_argument(
         "--api-key",
         dest="api_keys",
@@ -52,17 +53,102 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--log-level", help="debug, info, warning, error")
 
 
+def _builtin_flags(p: argparse.ArgumentParser) -> None:
+    """Options of the builtin engine, shared by `serve` (its local engine) and `engine`."""
+    g = p.add_argument_group("builtin engine")
+    g.add_argument("--device", help="cpu (default) or cuda")
+    g.add_argument("--dtype", help="bfloat16 (default), float16 or float32")
+    g.add_argument("--kv-cache-mb", type=int, help="KV cache budget in MiB (default 2048)")
+    g.add_argument(
+        "--no-prefix-cache",
+        dest="prefix_cache",
+        action="store_false",
+        default=None,
+        help="turn off automatic block-hash prefix reuse (the request-level baseline)",
+    )
+    g.add_argument("--max-batch-size", type=int, help="sequences stepped together (default 64)")
+    g.add_argument("--max-step-tokens", type=int, help="token budget per step (default 512)")
+    g.add_argument("--latency-cap", type=int, help="batch cap while latency work is live")
+    g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+
+
 def _engine_parser(sub: Any) -> None:
     p = sub.add_parser("engine", help="serve one engine over HTTP for gateways to use")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--model", help="weights for the builtin engine (default: embedded)")
     p.add_argument("--echo", action="store_true", help="the model-free echo backend")
+    _builtin_flags(p)
+    p.add_argument(
+        "--backend", choices=BACKENDS, help="builtin (default), echo, openai, sglang, sim"
+    )
+    p.add_argument("--upstream", metavar="URL", help="openai/sglang: the server to drive")
+    p.add_argument("--upstream-model", help="openai/sglang: served model (default: the first)")
+    p.add_argument(
+        "--tokenizer", help="openai/sglang: .gguf, HF dir or 'embedded' (default: /tokenize)"
+    )
+    p.add_argument("--context-length", type=int, help="openai/sglang: if the upstream omits it")
+    p.add_argument("--priority-field", help="openai: body field for objectives (e.g. priority)")
+    p.add_argument("--priority-lower-first", action="store_true", help="upstream runs low first")
+    p.add_argument("--sglang-priority", action="store_true", help="send SGLang's priority")
+    p.add_argument("--sim-profile", default="cpu-smollm2", help="sim: preset name or JSON path")
+    p.add_argument("--sim-speedup", type=float, default=1.0, help="sim: x real time")
     p.add_argument(
         "--register", metavar="GATEWAY_URL", help="announce this engine to a gateway once serving"
     )
+    p.add_argument("--advertise-url", help="URL --register announces (default: http://HOST:PORT)")
     p.add_argument("--api-key", help="bearer key for --register")
     p.add_argument("--log-level", default="warning")
+
+
+BACKENDS = ("builtin", "echo", "openai", "sglang", "sim")
+
+
+def _backend(args: argparse.Namespace) -> tuple[str, Any]:
+    """The engine `parrot engine` serves, built from its flags; imports only what it needs."""
+    kind = args.backend or ("echo" if args.echo else "builtin")
+    engine_id = f"{kind}-{args.port}"
+    if kind in ("openai", "sglang") and not args.upstream:
+        raise SystemExit(f"parrot engine: --backend {kind} needs --upstream URL")
+    if kind == "echo":
+        from engine.echo import EchoEngine
+
+        return kind, EchoEngine(engine_id=engine_id)
+    if kind == "openai":
+        from engine.openai.factory import create_openai_engine
+
+        return kind, create_openai_engine(
+            args.upstream,
+            model=args.upstream_model,
+            tokenizer=args.tokenizer,
+            context_length=args.context_length,
+            priority_field=args.priority_field,
+            priority_lower_first=args.priority_lower_first,
+            engine_id=engine_id,
+        )
+    if kind == "sglang":
+        from engine.sglang.factory import create_sglang_engine
+
+        return kind, create_sglang_engine(
+            args.upstream,
+            model=args.upstream_model,
+            tokenizer=args.tokenizer,
+            context_length=args.context_length,
+            send_priority=args.sglang_priority,
+            priority_lower_first=args.priority_lower_first,
+            engine_id=engine_id,
+        )
+    if kind == "sim":
+        from engine.sim.engine import SimEngine
+        from engine.sim.profile import load_profile
+
+        return kind, SimEngine(load_profile(args.sim_profile), engine_id, args.sim_speedup)
+    from gateway.engines import builtin_engine
+    from gateway.settings import Settings, load_settings
+
+    names = set(Settings.__struct_fields__) & set(vars(args))
+    settings = load_settings({k: getattr(args, k) for k in names if k not in ("host", "port")})
+    return kind, builtin_engine(settings, engine_id)
 
 
 async def _run(app: Any, host: str, port: int, log_level: str, on_ready: Callable[[], Any]) -> int:
@@ -130,21 +216,14 @@ def engine(args: argparse.Namespace) -> int:
     from engine.server import create_engine_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if args.echo:
-        from engine.echo import EchoEngine
-
-        backend: Any = EchoEngine(engine_id=f"echo-{args.port}")
-    else:
-        from engine.builtin.factory import create_builtin_engine
-
-        backend = create_builtin_engine(args.model)
+    kind, backend = _backend(args)
     app = create_engine_app(backend)
     url = f"http://{args.host}:{args.port}"
 
     async def ready() -> None:
-        print(f"Parrot engine ({'echo' if args.echo else 'builtin'}) serving at {url}", flush=True)
+        print(f"Parrot engine ({kind}) serving at {url}", flush=True)
         if args.register:
-            await _register(args.register, url, args.api_key)
+            await _register(args.register, args.advertise_url or url, args.api_key)
 
     return asyncio.run(_run(app, args.host, args.port, args.log_level, ready))
 
@@ -176,7 +255,7 @@ def bench(args: argparse.Namespace) -> int:
     return int(module.main(args.args) or 0)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parrot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
@@ -184,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     b = sub.add_parser("bench", help="run a benchmark: gateway, engine, apps, gpu, cluster")
     b.add_argument("name")
     b.add_argument("args", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     commands = {"serve": serve, "engine": engine, "bench": bench}
     try:
         return commands[args.command](args)

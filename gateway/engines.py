@@ -18,9 +18,24 @@ def local_engines(settings: Settings) -> list[EngineClient]:
         from engine.echo import EchoEngine
 
         return [EchoEngine()]
+    return [builtin_engine(settings)]
+
+
+def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineClient:
     from engine.builtin.factory import create_builtin_engine
 
-    return [create_builtin_engine(settings.model)]
+    return create_builtin_engine(
+        settings.model,
+        engine_id=engine_id,
+        device=settings.device,
+        dtype=settings.dtype,
+        kv_cache_mb=settings.kv_cache_mb,
+        enable_prefix_cache=settings.prefix_cache,
+        num_threads=settings.threads,
+        max_batch_size=settings.max_batch_size,
+        max_step_tokens=settings.max_step_tokens,
+        latency_cap=settings.latency_cap,
+    )
 
 
 def remote_connector(settings: Settings) -> Callable[[str], EngineClient]:

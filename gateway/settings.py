@@ -23,6 +23,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     model: str | None = None  # builtin engine weights; None = the embedded SmolLM2
     echo: bool = False  # the local engine is the model-free EchoEngine (benchmarks, demos)
     local_engine: bool = True
+    # builtin engine (local, or `parrot engine`): see engine/builtin/options.py
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    kv_cache_mb: int = 2048
+    prefix_cache: bool = True  # the engine's automatic block-hash prefix cache
+    max_batch_size: int = 64
+    max_step_tokens: int = 512
+    latency_cap: int = 64  # max sequences stepped while latency-critical work is live
+    threads: int | None = None
     engine_urls: tuple[str, ...] = ()
     # state
     redis_url: str | None = None

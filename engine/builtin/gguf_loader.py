@@ -69,7 +69,12 @@ def load_gguf(path: str | Path) -> LoadedModel:
     metadata = read_metadata(reader)
     tokenizer = Tokenizer.from_gguf_metadata(metadata)
     tensor_names = {tensor.name for tensor in reader.tensors}
-    config = config_from_metadata(metadata, tokenizer, tensor_names, default_name=path.stem)
+    # The served model id is the file's name without its quantisation suffix
+    # ("SmolLM2-135M-Instruct.Q4_1.gguf" -> "SmolLM2-135M-Instruct"): stable and readable,
+    # unlike general.name, which is free text.
+    config = config_from_metadata(
+        metadata, tokenizer, tensor_names, default_name=path.name.split(".")[0]
+    )
     weights = {}
     for tensor in reader.tensors:
         name = hf_name(tensor.name)
@@ -117,7 +122,7 @@ def config_from_metadata(
     head_dim = int(key("attention.key_length", metadata.get(f"{arch}.rope.dimension_count", 0)))
     try:
         return ModelConfig(
-            name=str(metadata.get("general.name", default_name)),
+            name=default_name,
             vocab_size=int(key("vocab_size", len(metadata["tokenizer.ggml.tokens"]))),
             hidden_size=hidden,
             intermediate_size=int(key("feed_forward_length")),
