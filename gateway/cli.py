@@ -1,4 +1,5 @@
-"""The `parrot` command: `serve` (the gateway), `engine` (one engine server), `bench NAME`."""
+"""The `parrot` command: `serve` (the gateway), `engine` (one engine server), `bench NAME`,
+`loadtest`."""
 
 from __future__ import annotations
 
@@ -255,6 +256,13 @@ def bench(args: argparse.Namespace) -> int:
     return int(module.main(args.args) or 0)
 
 
+def loadtest(argv: list[str]) -> int:
+    """`parrot loadtest ...` runs `loadtest.soak.main(argv)`: locust users, headless."""
+    from loadtest.soak import main as run_loadtest
+
+    return int(run_loadtest(argv) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parrot", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -263,10 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark: gateway, engine, apps, gpu, cluster")
     b.add_argument("name")
     b.add_argument("args", nargs=argparse.REMAINDER)
+    # Listed for --help only: main() hands its flags to loadtest.soak's own parser.
+    sub.add_parser("loadtest", help="headless locust load test (parrot loadtest --help)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loadtest"]:
+        return loadtest(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"serve": serve, "engine": engine, "bench": bench}
     try:

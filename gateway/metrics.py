@@ -46,6 +46,14 @@ class _EngineCollector(Collector):
                 "Fraction of KV cache blocks in use",
                 labels=["engine"],
             ),
+            "blocks": GaugeMetricFamily(
+                "parrot_engine_kv_blocks_used",
+                "KV cache blocks in use (cached reusable blocks count as free)",
+                labels=["engine"],
+            ),
+            "total": GaugeMetricFamily(
+                "parrot_engine_kv_blocks_total", "KV cache blocks in all", labels=["engine"]
+            ),
             "hit": GaugeMetricFamily(
                 "parrot_engine_prefix_hit_rate",
                 "Prompt tokens served from cached prefixes / prompt tokens",
@@ -63,6 +71,8 @@ class _EngineCollector(Collector):
             families["waiting"].add_metric(engine, stats.num_waiting)
             if stats.total_blocks:
                 families["kv"].add_metric(engine, stats.used_blocks / stats.total_blocks)
+                families["blocks"].add_metric(engine, stats.used_blocks)
+                families["total"].add_metric(engine, stats.total_blocks)
             if stats.prefix_query_tokens:
                 families["hit"].add_metric(
                     engine, stats.prefix_hit_tokens / stats.prefix_query_tokens

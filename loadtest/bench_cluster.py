@@ -24,15 +24,38 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from engine.protocol import Objective
 from engine.sim.clock import run_virtual
 from engine.sim.driver import AppResult, CallView, Driver, Router
 from engine.sim.engine import SimEngine
 from engine.sim.profile import CostProfile, load_profile
 from engine.sim.routers import LeastLoaded, PrefixAffine, RoundRobin
-from engine.sim.workload import WORKLOADS, AppSpec, poisson_apps
+from engine.sim.workload import WORKLOADS, AppSpec, CallSpec, poisson_apps
 from gateway.core.config import CoreConfig
 from gateway.core.policies import AdaptiveCap, CapacityFit, Demand, EngineView
 from gateway.core.scheduler import NOT_STARTED, Placer
+
+
+def deduce(call: CallSpec) -> tuple[Objective, int]:
+    """Objectives as gateway/core/objectives.py deduces them: the app fetches its results
+    with its criteria, marking every call upstream; calls fanning in to one consumer form a
+    task group that runs as throughput work, ahead of background work when a latency goal
+    sits downstream (priority 1)."""
+    if call.group is not None:
+        return "throughput", 1 if call.objective == "latency" else 0
+    return call.objective, 0
+
+
+class SpreadPlacer(Placer):
+    """An experiment, not the gateway's policy: the least busy engine first (fewest calls
+    placed there), prefix affinity and the rest of the core's ranking only break ties.
+    The gateway's `Placer` ranks prefix affinity first, which sends every app sharing one
+    prefix to one engine until its KV cache is full."""
+
+    @staticmethod
+    def rank(view: EngineView, demand: Demand, position: int) -> tuple:
+        calls = view.latency_calls + view.throughput_calls
+        return (-calls, *Placer.rank(view, demand, position))
 
 
 class ParrotRouter:
@@ -42,8 +65,11 @@ class ParrotRouter:
     name = "parrot"
     app_aware = True
 
-    def __init__(self, num_engines: int, profile: CostProfile, config: CoreConfig) -> None:
-        self._placer = Placer(CapacityFit(config.max_kv_fill))
+    def __init__(
+        self, num_engines: int, profile: CostProfile, config: CoreConfig, spread: bool = False
+    ) -> None:
+        placer = SpreadPlacer if spread else Placer
+        self._placer = placer(CapacityFit(config.max_kv_fill))
         self._caps = AdaptiveCap(
             config.latency_target_s_per_token, config.latency_cap, config.latency_cap_max
         )
@@ -63,6 +89,7 @@ class ParrotRouter:
             app_rank=self._app_ranks.get(call.app_id, NOT_STARTED),
             seq=call.seq,
             est_tokens=len(call.prompt_ids) - call.prefix_tokens + call.output_tokens,
+            priority=call.priority,
             group_id=call.group,
             prefix_key=key,
             prefix_tokens=call.prefix_tokens,
@@ -112,7 +139,7 @@ class ParrotRouter:
             future.set_result(engine)
 
 
-ROUTERS = ("parrot", "round-robin", "least-loaded", "prefix-affine")
+ROUTERS = ("parrot", "parrot-spread", "round-robin", "least-loaded", "prefix-affine")
 
 
 def routers(
@@ -120,6 +147,7 @@ def routers(
 ) -> dict[str, Callable[[], Router]]:
     makers: dict[str, Callable[[], Router]] = {
         "parrot": lambda: ParrotRouter(engines, profile, config),
+        "parrot-spread": lambda: ParrotRouter(engines, profile, config, spread=True),
         "round-robin": lambda: RoundRobin(engines),
         "least-loaded": lambda: LeastLoaded(engines),
         "prefix-affine": lambda: PrefixAffine(engines, profile.block_size),
@@ -132,7 +160,7 @@ async def _run(profile: CostProfile, engines: int, router: Router, apps, rtt: fl
     for engine in pool:
         await engine.start()
     try:
-        return await Driver(pool, router, client_rtt_s=rtt).run(apps)
+        return await Driver(pool, router, client_rtt_s=rtt, deduce=deduce).run(apps)
     finally:
         for engine in pool:
             await engine.close()
