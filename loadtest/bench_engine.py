@@ -55,7 +55,8 @@ async def _generate(eng, rid, tokens, max_tokens, parent=None, ctx=None):
 
 
 async def _prefill_rate(eng, n: int, vocab: int) -> float:
-    await _generate(eng, "warm", _tokens(1, 64, vocab), 1)
+    # Warm up with a prompt of the same size: the first matmuls of a new shape are slow.
+    await _generate(eng, "warm", _tokens(1, n, vocab), 1)
     t0 = time.perf_counter()
     await eng.fill(FillRequest(context_id="p", token_ids=_tokens(2, n, vocab)))
     dt = time.perf_counter() - t0

@@ -35,10 +35,28 @@ class LayerWeights:
     q4: dict[str, quant.Q4Weight] | None = None  # 4-bit forms for small batches
 
 
+_mkldnn = torch.ops.mkldnn if torch.backends.mkldnn.is_available() else None
+
+
+def _prepack(w: torch.Tensor) -> torch.Tensor:
+    """oneDNN's blocked layout of a bf16 weight. A plain weight is re-packed inside every
+    matmul call; packing once cuts a 32-row decode step's matmul time by about a sixth and
+    a 64-row one's by a third on a 2-core CPU."""
+    return _mkldnn._reorder_linear_weight(w, 32)
+
+
 def _project(
-    h: torch.Tensor, w: torch.Tensor, q4: dict[str, quant.Q4Weight] | None, name: str
+    h: torch.Tensor,
+    w: torch.Tensor,
+    q4: dict[str, quant.Q4Weight] | None,
+    name: str,
+    packed: bool,
 ) -> torch.Tensor:
-    return q4[name].matmul(h) if q4 is not None else F.linear(h, w)
+    if q4 is not None:
+        return q4[name].matmul(h)
+    if packed:
+        return _mkldnn._linear_pointwise(h, w, None, "none", [], "")
+    return F.linear(h, w)
 
 
 def _residual(
@@ -47,9 +65,14 @@ def _residual(
     w: torch.Tensor,
     q4: dict[str, quant.Q4Weight] | None,
     name: str,
+    packed: bool,
 ) -> torch.Tensor:
-    """x + h @ w.T, fused into one addmm on the bf16 path."""
-    return x + q4[name].matmul(h) if q4 is not None else torch.addmm(x, h, w.t())
+    """x + h @ w.T with the add fused into the matmul where the backend allows it."""
+    if q4 is not None:
+        return x + q4[name].matmul(h)
+    if packed:
+        return _mkldnn._linear_pointwise.binary(h, x, w, None, "add")
+    return torch.addmm(x, h, w.t())
 
 
 class LlamaModel:
@@ -96,6 +119,13 @@ class LlamaModel:
         self.q4_max_rows = 0
         if q4_max_rows and quant.available(dtype, self.device):
             self._init_q4(weights, q4_max_rows)
+        # On CPU in bf16 the layer weights live only in oneDNN's packed layout.
+        self.packed = _mkldnn is not None and self.device.type == "cpu" and dtype == torch.bfloat16
+        if self.packed:
+            for layer in self.layers:
+                for name in ("qkv", "o", "gate_up", "down"):
+                    setattr(layer, name, _prepack(getattr(layer, name)))
+            self.lm_head = _prepack(self.lm_head)
         self._init_rope()
 
     def _init_q4(self, weights: dict[str, torch.Tensor], max_rows: int) -> None:
@@ -152,14 +182,14 @@ class LlamaModel:
         for i, layer in enumerate(self.layers):
             q4 = layer.q4 if use_q4 else None
             h = F.rms_norm(x, hidden, layer.attn_norm, eps)
-            qkv = _project(h, layer.qkv, q4, "qkv")
+            qkv = _project(h, layer.qkv, q4, "qkv", self.packed)
             qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
             attn = attention(i, qk[:, :hq], qk[:, hq:], v)
-            x = _residual(x, attn.reshape(t, hq * d), layer.o, q4, "o")
+            x = _residual(x, attn.reshape(t, hq * d), layer.o, q4, "o", self.packed)
             h = F.rms_norm(x, hidden, layer.mlp_norm, eps)
-            gate, up = _project(h, layer.gate_up, q4, "gate_up").chunk(2, dim=-1)
-            x = _residual(x, F.silu(gate).mul_(up), layer.down, q4, "down")
+            gate, up = _project(h, layer.gate_up, q4, "gate_up", self.packed).chunk(2, dim=-1)
+            x = _residual(x, F.silu(gate).mul_(up), layer.down, q4, "down", self.packed)
         h = F.rms_norm(x.index_select(0, logit_rows), hidden, self.final_norm, eps)
-        return F.linear(h, self.lm_head).float()
+        return _project(h, self.lm_head, None, "lm_head", self.packed).float()
