@@ -130,37 +130,34 @@ def headline(workload: str, result: dict) -> float:
 
 
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
+    """All systems are started first and every case runs on each system in turn, so a
+    slow period of a shared machine hits all systems alike instead of one of them."""
     results: dict = {}
     plan = [(w, label, p) for w in args.workload for label, p in cases(w, args.quick)]
-    total = len(plan) * len(args.rtt) * len(args.systems)
-    done = 0
-    for name in args.systems:
-        if name == "baseline-latcap" and "mixed" not in args.workload:
-            continue
-        try:
-            ctx = systems.start(name, log_path=str(Path(args.json).with_suffix(f".{name}.log")))
-            system = ctx.__enter__()
-        except RuntimeError as exc:
-            progress(f"skipping {name}: {exc}")
-            done += len(plan) * len(args.rtt)
-            continue
-        try:
-            for workload, label, params in plan:
-                if name == "baseline-latcap" and workload != "mixed":
-                    done += len(args.rtt)
-                    continue
-                for rtt in args.rtt:
-                    t0 = time.perf_counter()
-                    res = asyncio.run(run_case(workload, params, system, rtt))
-                    done += 1
-                    key = f"{workload}|{label}|rtt={int(rtt * 1000)}ms"
-                    results.setdefault(key, {})[name] = res
-                    progress(
-                        f"[{done}/{total}] {name:<15} {key:<48} "
-                        f"{headline(workload, res):8.3f}  ({time.perf_counter() - t0:.0f}s)"
-                    )
-        finally:
-            ctx.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        running = []
+        for name in args.systems:
+            try:
+                log = str(Path(args.json).with_suffix(f".{name}.log"))
+                running.append(stack.enter_context(systems.start(name, log_path=log)))
+            except (RuntimeError, TimeoutError) as exc:
+                progress(f"skipping {name}: {exc}")
+        jobs = [
+            (w, label, p, rtt, s)
+            for w, label, p in plan
+            for rtt in args.rtt
+            for s in running
+            if s.name != "baseline-latcap" or w == "mixed"  # the latency-capped peer
+        ]
+        for i, (workload, label, params, rtt, system) in enumerate(jobs, 1):
+            t0 = time.perf_counter()
+            res = asyncio.run(run_case(workload, params, system, rtt))
+            key = f"{workload}|{label}|rtt={int(rtt * 1000)}ms"
+            results.setdefault(key, {})[system.name] = res
+            progress(
+                f"[{i}/{len(jobs)}] {system.name:<15} {key:<48} "
+                f"{headline(workload, res):8.3f}  ({time.perf_counter() - t0:.0f}s)"
+            )
     return results
 
 
