@@ -18,7 +18,6 @@ def WritePythonCode(task: P.SemanticVariable):
     Code: {{output:code}}
     """
 
-
 @P.SemanticFunction
 def WriteTestCode(
     task: P.SemanticVariable,
@@ -28,7 +27,6 @@ def WriteTestCode(
     Code: {{input:code}}.
     Your test code: {{output:test}}
     """
-
 
 def WriteSnakeGame():
     task = P.SemanticVariable("a snake game")

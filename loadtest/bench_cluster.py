@@ -10,8 +10,10 @@ p90 completion time stays within `--slo` times the best p90 at the lowest load.
 Routers: `parrot` is the gateway's own placement (gateway/core: AppFifo order, GroupBatching,
 CapacityFit, LatencyCap with AdaptiveCap, PrefixAffinity, ThroughputPacking) with the DAG
 run server-side and shared prefixes forked on the engines; the baselines (engine/sim/
-routers.py) see independent requests and pay the client round trip on every call. This is
-the one benchmark that imports gateway internals: the policies are the thing measured.
+routers.py) see independent requests and pay the client round trip on every call.
+`parrot-spread` is an experiment: the same core with load ranked before prefix affinity
+(see `SpreadPlacer`). This is the one benchmark that imports gateway internals: the
+policies are the thing measured.
 """
 
 from __future__ import annotations

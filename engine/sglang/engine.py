@@ -38,6 +38,7 @@ from engine.sglang.config import SGLangConfig
 from engine.sglang.requests import (
     OUTPUT,
     Deltas,
+    abort_error,
     finish_reason,
     generate_body,
     rid_of,
@@ -273,7 +274,8 @@ class SGLangEngine:
                         )
                         self._account(usage)
                         if finish == "abort":
-                            raise self._abort_error(request.request_id, meta.finish_reason)
+                            aborted = request.request_id in self._aborted
+                            raise abort_error(url, request.request_id, aborted, meta.finish_reason)
                         yield GenerateChunk(
                             request_id=request.request_id,
                             token_ids=ids,
@@ -291,14 +293,6 @@ class SGLangEngine:
         if request.request_id in self._aborted:
             raise RequestAborted(f"request '{request.request_id}' was aborted")
         raise EngineUnavailable(f"sglang {url} ended the stream without finishing")
-
-    def _abort_error(self, request_id: str, info: Any) -> EngineError:
-        if request_id in self._aborted:
-            return RequestAborted(f"request '{request_id}' was aborted")
-        # SGLang aborted it itself (e.g. a priority sent to a server without priority
-        # scheduling, or a full queue): its status code says whose fault it was.
-        body = ENCODER.encode({"error": {"message": info.message or "aborted by sglang"}})
-        return upstream_error(f"{self.url}/generate", info.status_code or 503, body)
 
     def _account(self, usage: Usage) -> None:
         self._stats.prompt_tokens += usage.prompt_tokens

@@ -12,7 +12,8 @@ from typing import Any
 
 import msgspec
 
-from engine.errors import InvalidRequest
+from engine.errors import EngineError, InvalidRequest, RequestAborted
+from engine.openai.errors import upstream_error
 from engine.protocol import FinishReason, SamplingParams, Scheduling
 from engine.sglang.config import SGLangConfig
 from engine.sglang.tags import ParrotTag
@@ -110,6 +111,15 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort":
 
 def finish_reason(info: FinishInfo | None) -> FinishReason | None:
     return None if info is None else _FINISH.get(info.type, "stop")
+
+
+def abort_error(url: str, request_id: str, by_us: bool, info: FinishInfo) -> EngineError:
+    if by_us:
+        return RequestAborted(f"request '{request_id}' was aborted")
+    # SGLang aborted it itself (a priority sent to a server without priority scheduling, a
+    # full queue, ...): its status code says whose fault it was.
+    body = msgspec.json.encode({"error": {"message": info.message or "aborted by sglang"}})
+    return upstream_error(url, info.status_code or 503, body)
 
 
 @dataclass(slots=True)

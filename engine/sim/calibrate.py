@@ -82,8 +82,8 @@ async def _prefill_s(engine: EngineClient, rng: random.Random, n: int, offset: i
 
 async def measure(
     engine: EngineClient,
-    batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
-    lengths: tuple[int, int] = (40, 1000),
+    batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+    lengths: tuple[int, int] = (40, 800),
     prefills: tuple[int, ...] = (16, 64, 128, 256, 512),
     offset_prefill: tuple[int, int] = (256, 1536),
     steps: int = 12,
@@ -97,6 +97,10 @@ async def measure(
         m.prefill_s[n] = statistics.median(
             [await _prefill_s(engine, rng, n) for _ in range(repeats)]
         )
+    n, offset = offset_prefill
+    m.offset_prefill_s[offset_prefill] = statistics.median(
+        [await _prefill_s(engine, rng, n, offset) for _ in range(repeats)]
+    )
     for batch in batches:
         for length in lengths:
             m.decode_s[(batch, length)] = await _decode_step_s(engine, rng, batch, length, steps)
@@ -140,7 +144,9 @@ def fit(m: Measurements, **profile_fields) -> CostProfile:
 async def _calibrate(args: argparse.Namespace) -> CostProfile:
     from engine.builtin.factory import create_builtin_engine
 
-    engine = create_builtin_engine(args.model, device=args.device, kv_cache_mb=args.kv_cache_mb)
+    engine = create_builtin_engine(
+        args.model, device=args.device, kv_cache_mb=args.kv_cache_mb, num_threads=args.threads
+    )
     await engine.start()
     try:
         m = await measure(engine, steps=args.steps, repeats=args.repeats)
@@ -174,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="weights (default: the embedded SmolLM2)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--kv-cache-mb", type=int, default=2048)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     ap.add_argument("--name", default="cpu-smollm2")
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=3)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from engine.builtin.attention import MIN_SHARED_BLOCKS
 from engine.builtin.block_manager import BlockManager
 from engine.builtin.contexts import Context, ContextTable
 from engine.builtin.scheduler import Scheduler, SchedulerConfig
@@ -170,13 +171,17 @@ class SimCore:
         for seq in plan.rejected:
             self._fail(seq, OutOfBlocks("the request does not fit in the free KV cache blocks"))
         rows = decode_pairs = prefill_pairs = 0
+        tables: list[list[int]] = []
         for chunk in plan.chunks:
             n, start = chunk.num_tokens, chunk.seq.context.num_computed
             rows += n
             if n == 1:
                 decode_pairs += start + 1
+                tables.append(chunk.seq.context.block_table)
             else:
                 prefill_pairs += n * start + n * (n + 1) // 2
+        if self.profile.shared_prefix_attention:
+            decode_pairs -= self._shared_pairs_saved(tables)
         duration = self.profile.step_s(rows, decode_pairs, prefill_pairs) if rows else 0.0
         if plan.chunks:
             self.stats.steps += 1
@@ -191,6 +196,25 @@ class SimCore:
                 self._finish_fill(seq)
         events, self._events = self._events, []
         return StepResult(duration, events)
+
+    def _shared_pairs_saved(self, tables: list[list[int]]) -> int:
+        """Decode rows whose block tables start with the same blocks read that prefix once
+        (the builtin engine's shared-prefix attention groups rows exactly this way)."""
+        by_first: dict[int, list[list[int]]] = {}
+        for table in tables:
+            if len(table) > 1:
+                by_first.setdefault(table[0], []).append(table)
+        saved = 0
+        for group in by_first.values():
+            if len(group) < 2:
+                continue
+            limit = min(len(t) for t in group) - 1  # the last block holds the new token
+            common = 0
+            while common < limit and all(t[common] == group[0][common] for t in group):
+                common += 1
+            if common >= MIN_SHARED_BLOCKS:
+                saved += (len(group) - 1) * common * self.profile.block_size
+        return saved
 
     def _emit_token(self, seq: Sequence) -> None:
         index = len(seq.output_ids)

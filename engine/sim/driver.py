@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -39,6 +39,7 @@ class CallView:
     output_tokens: int
     prefix_key: str | None = None
     prefix_tokens: int = 0
+    priority: int = 0
 
 
 class Router(Protocol):
@@ -110,13 +111,26 @@ class _Prefixes:
         return await asyncio.shield(future)
 
 
+# (call) -> (objective, priority) that an app-aware router sends to the engines.
+Deduce = Callable[[CallSpec], tuple[Objective, int]]
+
+
+def as_declared(call: CallSpec) -> tuple[Objective, int]:
+    return call.objective, 0
+
+
 class Driver:
     def __init__(
-        self, engines: Sequence[EngineClient], router: Router, client_rtt_s: float = 0.0
+        self,
+        engines: Sequence[EngineClient],
+        router: Router,
+        client_rtt_s: float = 0.0,
+        deduce: Deduce = as_declared,
     ) -> None:
         self.engines = list(engines)
         self.router = router
         self.client_rtt_s = client_rtt_s
+        self.deduce = deduce
         self._prefixes = _Prefixes()
         self._seq = itertools.count()
         self._t0 = 0.0
@@ -156,16 +170,18 @@ class Driver:
                 prompt += segment.token_ids
         first = call.prompt[0]
         shared = first if isinstance(first, Shared) else None
+        objective, priority = self.deduce(call) if self.router.app_aware else ("latency", 0)
         view = CallView(
             app.app_id,
             call.name,
-            call.objective,
+            objective,
             call.group,
             next(self._seq),
             prompt,
             call.output_tokens,
             shared.key if shared else None,
             len(shared.token_ids) if shared else 0,
+            priority,
         )
         ready = self._now()
         index = await self.router.acquire(view)
@@ -182,7 +198,7 @@ class Driver:
             record.end_s = self._now()
             self.router.release(view, index)
         record.output_tokens, record.cached_tokens = len(ids), cached
-        if call.objective == "latency" and len(ids) > 1:
+        if view.objective == "latency" and len(ids) > 1:
             self.router.observe(index, (record.end_s - start) / len(ids))
         outputs[call.name].set_result(ids)
 
@@ -191,11 +207,14 @@ class Driver:
     ) -> tuple[list[int], int]:
         engine = self.engines[index]
         aware = self.router.app_aware
-        scheduling = (
-            Scheduling(objective=call.objective, app_id=app.app_id, group_id=call.group)
-            if aware
-            else Scheduling()
-        )
+        scheduling = Scheduling()
+        if aware:
+            scheduling = Scheduling(
+                objective=view.objective,
+                priority=view.priority,
+                app_id=app.app_id,
+                group_id=call.group,
+            )
         parent, prompt = None, view.prompt_ids
         if aware and shared is not None and engine.info.supports_fork:
             parent = await self._prefixes.context(index, engine, shared)

@@ -39,6 +39,9 @@ class CostProfile:
     max_batch_size: int = 64
     max_step_tokens: int = 512
     latency_cap: int = 64
+    # Decoding sequences that share leading KV blocks read them once per step (the builtin
+    # engine's shared-prefix attention); off for engines without such a kernel.
+    shared_prefix_attention: bool = True
     notes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

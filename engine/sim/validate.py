@@ -128,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="cpu-smollm2")
     ap.add_argument("--workloads", nargs="+", default=[*SIMPLE, "chain_summary", "map_reduce"])
     ap.add_argument("--scale", type=float, default=0.25, help="length scale of app workloads")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads, as calibrated")
     args = ap.parse_args(argv)
     unknown = [w for w in args.workloads if w not in SIMPLE and w not in WORKLOADS]
     if unknown:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     from engine.builtin.factory import create_builtin_engine
 
     profile = load_profile(args.profile)
-    real = create_builtin_engine(None)
+    real = create_builtin_engine(None, num_threads=args.threads)
     header = ("workload", "apps", "real mean s", "sim mean s", "err", "max app err")
     print(
         f"{header[0]:<15}{header[1]:>5}{header[2]:>13}{header[3]:>12}{header[4]:>8}{header[5]:>13}"

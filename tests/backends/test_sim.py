@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,7 @@ from engine.sim.profile import CostProfile, load_profile, preset_names
 from engine.sim.routers import LeastLoaded, PrefixAffine, RoundRobin
 from engine.sim.workload import WORKLOADS, poisson_apps
 
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = CostProfile(
     name="test",
     model="sim",
@@ -177,7 +181,7 @@ def test_driver_runs_every_workload_on_every_baseline(kind: str) -> None:
 
 
 def test_bench_cluster_quick_run(tmp_path) -> None:
-    from loadtest.bench_cluster import main
+    from loadtest.bench_cluster import ROUTERS, main
 
     out = tmp_path / "cluster.json"
     argv = [
@@ -196,5 +200,31 @@ def test_bench_cluster_quick_run(tmp_path) -> None:
     assert main(argv) == 0
     report = json.loads(out.read_text())
     rows = report["workloads"]["map_reduce"]["rows"]
-    assert {r["router"] for r in rows} == {"parrot", "round-robin", "least-loaded", "prefix-affine"}
+    assert {r["router"] for r in rows} == set(ROUTERS)
     assert all(r["failed"] == 0 for r in rows)
+
+
+async def test_parrot_engine_serves_the_simulator_over_http() -> None:
+    from backend_support import free_port, wait_for_port
+
+    from engine.remote import RemoteEngine
+
+    port = free_port()
+    argv = ["engine", "--backend", "sim", "--sim-profile", "a100-llama2-7b", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", *argv],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    engine = RemoteEngine(f"http://127.0.0.1:{port}")
+    try:
+        wait_for_port(port)
+        await engine.start()
+        assert engine.info.backend == "sim" and engine.info.model == "llama-2-7b"
+        chunks = [c async for c in engine.generate(_request("h1", list(range(300, 400)), 4))]
+        assert chunks[-1].finish_reason == "length" and len(chunks) == 4
+    finally:
+        await engine.close()
+        proc.terminate()
+        proc.wait(timeout=10)

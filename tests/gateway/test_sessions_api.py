@@ -27,7 +27,7 @@ async def client(tmp_path: Path) -> AsyncIterator[AsyncTestClient]:
     app = create_app(
         Settings(keys_file=str(keys)),
         engines=[CopyFakeEngine()],
-        core=CoreConfig(session_idle_ttl_s=0.5, reap_interval_s=0.1),
+        core=CoreConfig(reap_interval_s=0.1),
     )
     async with AsyncTestClient(app) as c:
         c.engine = app.state.services.local[0]
@@ -282,11 +282,13 @@ async def test_stream_sends_the_text_then_the_value(client) -> None:
 
 
 async def test_idle_sessions_expire(client) -> None:
-    sid = await new_session(client)
+    r = await client.post("/v1/sessions", json={"idle_ttl_s": 0.3}, headers=A)
+    sid = r.json()["id"]
+    assert r.json()["idle_ttl_s"] == 0.3
     assert (await client.get(f"/v1/sessions/{sid}", headers=A)).status_code == 200
     await asyncio.sleep(0.8)
+    assert client.app.state.services.core.sessions.find(sid) is None  # reaped, engines freed
     assert_error(await client.get(f"/v1/sessions/{sid}", headers=A), 404, "session_not_found")
-    assert client.app.state.services.core.sessions.find(sid) is None  # local state reaped
 
 
 async def test_openapi_documents_the_semantic_api(client) -> None:

@@ -1,44 +1,16 @@
-"""Two gateway replicas over one real Redis: a session, its variables and their wake-ups
-are shared, so any replica can serve any request of a session."""
+"""Two gateway replicas over one real Redis (the `redis_url` fixture of this folder): a
+session, its variables and their wake-ups are shared, so any replica serves any request."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-import redis
-from core.parrot_fakes import CopyFakeEngine, free_port
+from core.parrot_fakes import CopyFakeEngine
 from litestar.testing import AsyncTestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
-
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield f"redis://127.0.0.1:{port}/0"
-    process.terminate()
-    process.wait(timeout=10)
 
 
 @pytest.fixture
