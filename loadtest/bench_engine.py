@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from engine.builtin.config import hf_config
 from engine.builtin.engine import BuiltinEngine
 from engine.builtin.model_files import LoadedModel, load_model
 from engine.builtin.options import EngineOptions
@@ -130,19 +131,7 @@ def bench_transformers(model: LoadedModel, args) -> dict:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     c = model.config
-    cfg = LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads,
-        rope_theta=c.rope_theta,
-        rms_norm_eps=c.rms_norm_eps,
-        max_position_embeddings=c.context_length,
-        tie_word_embeddings=c.tie_word_embeddings,
-    )
-    hf = LlamaForCausalLM(cfg)
+    hf = LlamaForCausalLM(LlamaConfig(**hf_config(c)))
     hf.load_state_dict(model.weights, strict=False)
     hf.tie_weights()
     hf.eval()

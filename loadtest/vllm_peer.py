@@ -59,6 +59,7 @@ def export(dtype: str = "bfloat16") -> Path:
     import torch
     from safetensors.torch import save_file
 
+    from engine.builtin.config import hf_config
     from engine.builtin.model_files import load_model
 
     loaded = load_model(None)
@@ -66,25 +67,7 @@ def export(dtype: str = "bfloat16") -> Path:
     MODEL_DIR.mkdir(parents=True, exist_ok=True)
     weights = {k: v.to(getattr(torch, dtype)).contiguous() for k, v in loaded.weights.items()}
     save_file(weights, MODEL_DIR / "model.safetensors", metadata={"format": "pt"})
-    config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_layers,
-        "num_attention_heads": c.num_heads,
-        "num_key_value_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
-        "rope_theta": c.rope_theta,
-        "rms_norm_eps": c.rms_norm_eps,
-        "max_position_embeddings": c.context_length,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "bos_token_id": c.bos_token_id,
-        "eos_token_id": list(c.eos_token_ids),
-        "hidden_act": "silu",
-        "torch_dtype": dtype,
-    }
+    config = {**hf_config(c), "torch_dtype": dtype}
     (MODEL_DIR / "config.json").write_text(json.dumps(config, indent=2))
     tok = loaded.tokenizer
     tok.backend.save(str(MODEL_DIR / "tokenizer.json"))

@@ -55,6 +55,28 @@ class ModelConfig:
         return self.num_kv_heads * self.head_dim
 
 
+def hf_config(config: ModelConfig) -> dict:
+    """The Hugging Face `config.json` fields of a Llama model with this config."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads,
+        "head_dim": config.head_dim,
+        "rope_theta": config.rope_theta,
+        "rms_norm_eps": config.rms_norm_eps,
+        "max_position_embeddings": config.context_length,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": list(config.eos_token_ids),
+        "hidden_act": "silu",
+    }
+
+
 def tiny_config(vocab_size: int = 49152) -> ModelConfig:
     """A few-hundred-KB-per-layer config for fast tests with random weights.
 

@@ -12,6 +12,7 @@ import asyncio
 import pytest
 import torch
 
+from engine.builtin.config import hf_config
 from engine.builtin.engine import BuiltinEngine
 from engine.builtin.options import EngineOptions
 from engine.protocol import ChatMessage, GenerateRequest, SamplingParams
@@ -31,19 +32,7 @@ NEW_TOKENS = 32
 @pytest.fixture(scope="module")
 def hf_model(embedded_model):
     transformers = pytest.importorskip("transformers")
-    c = embedded_model.config
-    cfg = transformers.LlamaConfig(
-        vocab_size=c.vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.intermediate_size,
-        num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads,
-        num_key_value_heads=c.num_kv_heads,
-        rope_theta=c.rope_theta,
-        rms_norm_eps=c.rms_norm_eps,
-        max_position_embeddings=c.context_length,
-        tie_word_embeddings=c.tie_word_embeddings,
-    )
+    cfg = transformers.LlamaConfig(**hf_config(embedded_model.config))
     model = transformers.LlamaForCausalLM(cfg)
     missing, _ = model.load_state_dict(embedded_model.weights, strict=False)
     assert set(missing) <= {"lm_head.weight"}
