@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from engine.builtin.config import ModelConfig, tiny_config
+from engine.builtin.config import ModelConfig, hf_config, tiny_config
 from engine.builtin.errors import ModelLoadError
 from engine.builtin.gguf_loader import config_from_metadata, hf_name, unpermute_rope_rows
 from engine.builtin.model_files import (
@@ -108,26 +108,7 @@ def test_gguf_rejects_unsupported_models(
 
 
 def _hf_config(config: ModelConfig) -> dict:
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_layers,
-        "num_attention_heads": config.num_heads,
-        "num_key_value_heads": config.num_kv_heads,
-        "head_dim": config.head_dim,
-        "rope_theta": config.rope_theta,
-        "rms_norm_eps": config.rms_norm_eps,
-        "max_position_embeddings": config.context_length,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": list(config.eos_token_ids),
-        "hidden_act": "silu",
-        "rope_scaling": None,
-        "torch_dtype": "float32",
-    }
+    return {**hf_config(config), "rope_scaling": None, "torch_dtype": "float32"}
 
 
 def _write_hf_dir(
