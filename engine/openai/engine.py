@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import httpx
 import msgspec
@@ -21,12 +21,12 @@ from engine.errors import EngineError, EngineUnavailable, InvalidRequest, Reques
 from engine.openai.config import UpstreamConfig
 from engine.openai.errors import stream_error, upstream_error
 from engine.openai.history import History, HistoryTable
+from engine.openai.replay import ReplayFront, send
 from engine.openai.requests import completion_body
 from engine.openai.sse import data_events
 from engine.openai.tokenizer import TextTokenizer, UpstreamTokenizer
 from engine.openai.wire import ENCODER, EVENT, MODELS, CompletionEvent
 from engine.protocol import (
-    ChatMessage,
     EngineInfo,
     EngineStats,
     FillRequest,
@@ -43,9 +43,10 @@ NOMINAL_BLOCK_SIZE = 16  # the upstream's real paging is unknown; used for prefi
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
-class OpenAIEngine:
+class OpenAIEngine(ReplayFront):
     def __init__(self, config: UpstreamConfig, tokenizer: TextTokenizer | None = None) -> None:
         self.config = config
+        self._where = f"upstream {config.base_url}"
         self._local_tokenizer = tokenizer
         self._tokenizer: TextTokenizer | None = None
         self._info: EngineInfo | None = None
@@ -71,7 +72,7 @@ class OpenAIEngine:
     @property
     def info(self) -> EngineInfo:
         if self._info is None:
-            raise EngineUnavailable(f"upstream {self.config.base_url} has not been reached yet")
+            raise self._unreached()
         return self._info
 
     async def start(self) -> None:
@@ -79,7 +80,7 @@ class OpenAIEngine:
             return
         cfg = self.config
         url = f"{cfg.base_url.rstrip('/')}/models"
-        response = await self._request("GET", url)
+        response = await send(self._client, "GET", url, "upstream")
         cards = MODELS.decode(response.content).data
         card = next((c for c in cards if cfg.model in (None, c.id)), None)
         if card is None:
@@ -131,52 +132,7 @@ class OpenAIEngine:
             return response.status_code == 200
         return False
 
-    async def _request(self, method: str, url: str) -> httpx.Response:
-        try:
-            response = await self._client.request(method, url)
-        except httpx.TransportError as exc:
-            raise EngineUnavailable(f"upstream {url} unreachable: {exc}") from exc
-        if response.status_code >= 400:
-            raise upstream_error(url, response.status_code, response.content)
-        return response
-
-    # ---- tokenizer ---------------------------------------------------------------------
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        if self._tokenizer is None:
-            raise EngineUnavailable(f"upstream {self.config.base_url} has not been reached yet")
-        return self._tokenizer
-
-    async def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return await self.tokenizer.encode(text, add_special_tokens)
-
-    async def detokenize(self, token_ids: Sequence[int]) -> str:
-        return await self.tokenizer.decode(token_ids)
-
-    async def render_chat(
-        self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
-    ) -> str:
-        return await self.tokenizer.render_chat(messages, add_generation_prompt)
-
     # ---- contexts ----------------------------------------------------------------------
-
-    @property
-    def histories(self) -> HistoryTable:
-        if self._histories is None:
-            raise EngineUnavailable(f"upstream {self.config.base_url} has not been reached yet")
-        return self._histories
-
-    async def _tokens(self, token_ids: list[int] | None, text: str | None) -> list[int]:
-        if token_ids is not None and text is not None:
-            raise InvalidRequest("give token ids or text, not both")
-        if text is not None:
-            return await self.tokenizer.encode(text)
-        tokens = list(token_ids or [])
-        vocab = self.info.vocab_size
-        if any(not 0 <= t < vocab for t in tokens):
-            raise InvalidRequest(f"token ids must be in [0, {vocab})", param="token_ids")
-        return tokens
 
     async def fill(self, request: FillRequest) -> FillResult:
         """Bookkeeping only: the upstream sees the tokens when a generate replays them."""

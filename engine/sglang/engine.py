@@ -10,20 +10,20 @@ travel in the tag (the plugin orders by them) and, when configured, in SGLang's 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import msgspec
 
-from engine.errors import EngineError, EngineUnavailable, InvalidRequest, RequestAborted
+from engine.errors import EngineError, EngineUnavailable, RequestAborted
 from engine.openai.errors import stream_error, upstream_error
 from engine.openai.history import History, HistoryTable
+from engine.openai.replay import ReplayFront, send
 from engine.openai.sse import data_events
 from engine.openai.tokenizer import TextTokenizer, UpstreamTokenizer
 from engine.openai.wire import ENCODER, MODELS
 from engine.protocol import (
-    ChatMessage,
     EngineInfo,
     EngineStats,
     FillRequest,
@@ -50,10 +50,11 @@ BLOCK_SIZE = 16  # nominal (SGLang pages by 1 token by default); used for prefix
 _PREFILL_ONLY = SamplingParams(max_tokens=1)
 
 
-class SGLangEngine:
+class SGLangEngine(ReplayFront):
     def __init__(self, config: SGLangConfig, tokenizer: TextTokenizer | None = None) -> None:
         self.config = config
         self.url = config.url.rstrip("/")
+        self._where = f"sglang server {self.url}"
         self._local_tokenizer = tokenizer
         self._tokenizer: TextTokenizer | None = None
         self._info: EngineInfo | None = None
@@ -71,14 +72,8 @@ class SGLangEngine:
     @property
     def info(self) -> EngineInfo:
         if self._info is None:
-            raise EngineUnavailable(f"sglang server {self.url} has not been reached yet")
+            raise self._unreached()
         return self._info
-
-    @property
-    def histories(self) -> HistoryTable:
-        if self._histories is None:
-            raise EngineUnavailable(f"sglang server {self.url} has not been reached yet")
-        return self._histories
 
     async def start(self) -> None:
         if self._info is not None:
@@ -121,44 +116,8 @@ class SGLangEngine:
         return False
 
     async def _call(self, method: str, path: str, body: Any) -> httpx.Response:
-        url = f"{self.url}{path}"
         content = None if body is None else ENCODER.encode(body)
-        try:
-            response = await self._client.request(method, url, content=content)
-        except httpx.TransportError as exc:
-            raise EngineUnavailable(f"sglang server {url} unreachable: {exc}") from exc
-        if response.status_code >= 400:
-            raise upstream_error(url, response.status_code, response.content)
-        return response
-
-    # ---- tokenizer ---------------------------------------------------------------------
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        if self._tokenizer is None:
-            raise EngineUnavailable(f"sglang server {self.url} has not been reached yet")
-        return self._tokenizer
-
-    async def tokenize(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return await self.tokenizer.encode(text, add_special_tokens)
-
-    async def detokenize(self, token_ids: Sequence[int]) -> str:
-        return await self.tokenizer.decode(token_ids)
-
-    async def render_chat(
-        self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
-    ) -> str:
-        return await self.tokenizer.render_chat(messages, add_generation_prompt)
-
-    async def _tokens(self, token_ids: list[int] | None, text: str | None) -> list[int]:
-        if token_ids is not None and text is not None:
-            raise InvalidRequest("give token ids or text, not both")
-        if text is not None:
-            return await self.tokenizer.encode(text)
-        tokens = list(token_ids or [])
-        if any(not 0 <= t < self.info.vocab_size for t in tokens):
-            raise InvalidRequest(f"token ids must be in [0, {self.info.vocab_size})", "token_ids")
-        return tokens
+        return await send(self._client, method, f"{self.url}{path}", "sglang server", content)
 
     # ---- contexts ----------------------------------------------------------------------
 
