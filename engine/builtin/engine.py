@@ -30,6 +30,7 @@ from engine.builtin.runner import ModelRunner
 from engine.builtin.sampler import sample
 from engine.builtin.scheduler import Chunk, Scheduler
 from engine.builtin.sequence import Sequence
+from engine.builtin.stats import snapshot
 from engine.builtin.stops import scan
 from engine.builtin.tokenizer import IncrementalDetokenizer
 from engine.errors import (
@@ -215,16 +216,7 @@ class BuiltinEngine:
         await future
 
     async def stats(self) -> EngineStats:
-        s = self._stats
-        s.num_running = len(self.scheduler.running)
-        s.num_waiting = len(self.scheduler.waiting)
-        s.num_latency_running = sum(q.is_latency for q in self.scheduler.running)
-        s.num_contexts = len(self.contexts)
-        s.free_blocks = self.blocks.num_free_blocks
-        s.cached_blocks = self.blocks.num_cached_blocks
-        s.peak_used_blocks = self.blocks.peak_used_blocks
-        s.preemptions = self.scheduler.num_preemptions
-        return EngineStats(**{f: getattr(s, f) for f in s.__struct_fields__})
+        return snapshot(self._stats, self.scheduler, self.contexts, self.blocks)
 
     # ---- engine thread ---------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from engine.builtin.block_manager import BlockManager
 from engine.builtin.contexts import Context, ContextTable
 from engine.builtin.scheduler import Scheduler, SchedulerConfig
 from engine.builtin.sequence import Sequence
+from engine.builtin.stats import snapshot as stats_snapshot
 from engine.errors import (
     ContextBusy,
     ContextExists,
@@ -259,13 +260,4 @@ class SimCore:
         self._events.append((seq.sink, error))
 
     def snapshot(self) -> EngineStats:
-        s = self.stats
-        s.num_running = len(self.scheduler.running)
-        s.num_waiting = len(self.scheduler.waiting)
-        s.num_latency_running = sum(q.is_latency for q in self.scheduler.running)
-        s.num_contexts = len(self.contexts)
-        s.free_blocks = self.blocks.num_free_blocks
-        s.cached_blocks = self.blocks.num_cached_blocks
-        s.peak_used_blocks = self.blocks.peak_used_blocks
-        s.preemptions = self.scheduler.num_preemptions
-        return EngineStats(**{f: getattr(s, f) for f in s.__struct_fields__})
+        return stats_snapshot(self.stats, self.scheduler, self.contexts, self.blocks)
