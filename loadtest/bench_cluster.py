@@ -8,12 +8,10 @@ normalized latency (s per output token) and the sustainable rate: the highest lo
 p90 completion time stays within `--slo` times the best p90 at the lowest load.
 
 Routers: `parrot` is the gateway's own placement (gateway/core: AppFifo order, GroupBatching,
-CapacityFit, LatencyCap with AdaptiveCap, PrefixAffinity, ThroughputPacking) with the DAG
-run server-side and shared prefixes forked on the engines; the baselines (engine/sim/
-routers.py) see independent requests and pay the client round trip on every call.
-`parrot-spread` is an experiment: the same core with load ranked before prefix affinity
-(see `SpreadPlacer`). This is the one benchmark that imports gateway internals: the
-policies are the thing measured.
+CapacityFit, LatencyCap with AdaptiveCap, Isolation, LeastWork with held prefixes free) with
+the DAG run server-side and shared prefixes forked on the engines; the baselines (engine/sim/
+routers.py) see independent requests and pay the client round trip on every call. This is
+the one benchmark that imports gateway internals: the policies are the thing measured.
 """
 
 from __future__ import annotations
@@ -48,18 +46,6 @@ def deduce(call: CallSpec) -> tuple[Objective, int]:
     return call.objective, 0
 
 
-class SpreadPlacer(Placer):
-    """An experiment, not the gateway's policy: the least busy engine first (fewest calls
-    placed there), prefix affinity and the rest of the core's ranking only break ties.
-    The gateway's `Placer` ranks prefix affinity first, which sends every app sharing one
-    prefix to one engine until its KV cache is full."""
-
-    @staticmethod
-    def rank(view: EngineView, demand: Demand, position: int) -> tuple:
-        calls = view.latency_calls + view.throughput_calls
-        return (-calls, *Placer.rank(view, demand, position))
-
-
 class ParrotRouter:
     """gateway/core's placement over simulated engines: ready calls wait in one queue and a
     drain places them whenever something changes, exactly as `gateway.core.scheduler`."""
@@ -67,11 +53,8 @@ class ParrotRouter:
     name = "parrot"
     app_aware = True
 
-    def __init__(
-        self, num_engines: int, profile: CostProfile, config: CoreConfig, spread: bool = False
-    ) -> None:
-        placer = SpreadPlacer if spread else Placer
-        self._placer = placer(CapacityFit(config.max_kv_fill))
+    def __init__(self, num_engines: int, profile: CostProfile, config: CoreConfig) -> None:
+        self._placer = Placer(CapacityFit(config.max_kv_fill))
         self._caps = AdaptiveCap(
             config.latency_target_s_per_token, config.latency_cap, config.latency_cap_max
         )
@@ -141,7 +124,7 @@ class ParrotRouter:
             future.set_result(engine)
 
 
-ROUTERS = ("parrot", "parrot-spread", "round-robin", "least-loaded", "prefix-affine")
+ROUTERS = ("parrot", "round-robin", "least-loaded", "prefix-affine")
 
 
 def routers(
@@ -149,7 +132,6 @@ def routers(
 ) -> dict[str, Callable[[], Router]]:
     makers: dict[str, Callable[[], Router]] = {
         "parrot": lambda: ParrotRouter(engines, profile, config),
-        "parrot-spread": lambda: ParrotRouter(engines, profile, config, spread=True),
         "round-robin": lambda: RoundRobin(engines),
         "least-loaded": lambda: LeastLoaded(engines),
         "prefix-affine": lambda: PrefixAffine(engines, profile.block_size),

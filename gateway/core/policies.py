@@ -39,7 +39,7 @@ class EngineView:
     reserved_tokens: int = 0
     latency_calls: int = 0
     throughput_calls: int = 0
-    latency_cap: int = 4
+    latency_cap: int = 32
     prefixes: set[bytes] = field(default_factory=set)  # prefix contexts it holds (or fills)
     groups: set[str] = field(default_factory=set)  # task groups with members running here
 
@@ -109,31 +109,27 @@ class LatencyCap:
     def admits(view: EngineView, demand: Demand) -> bool:
         return demand.objective != "latency" or view.latency_calls < view.latency_cap
 
-    @staticmethod
-    def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
-        if demand.objective != "latency":
-            return ()
-        # Fewest latency calls, then least throughput work sharing the engine's steps.
-        return (-view.latency_calls, -view.throughput_calls)
 
-
-class ThroughputPacking:
-    """Throughput work goes to engines without latency work, packed onto the busiest such
-    engine that still fits, so batches grow large and other engines stay free."""
+class Isolation:
+    """Latency work prefers engines without throughput work, and throughput work engines
+    without latency work, so large batches never slow a latency-critical call's steps."""
 
     @staticmethod
     def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
         if demand.objective == "latency":
-            return ()
-        return (view.latency_calls == 0, view.reserved_tokens)
+            return (view.throughput_calls == 0,)
+        return (view.latency_calls == 0,)
 
 
-class PrefixAffinity:
-    """Calls sharing a prefix go where that prefix lives (or is being filled)."""
+class LeastWork:
+    """Among equally suitable engines, the one whose placed work plus this call is least, in
+    KV tokens. A prefix the engine already holds (or is filling) costs nothing there, so
+    calls sharing a long prefix stay together until the imbalance outweighs re-filling the
+    prefix elsewhere; a short shared instruction barely counts, so such calls spread."""
 
     @staticmethod
     def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
-        return (demand.prefix_key is not None and demand.prefix_key in view.prefixes,)
+        return (-(view.reserved_tokens + view.cost(demand)),)
 
 
 class GroupBatching:
@@ -166,7 +162,7 @@ class AdaptiveCap:
     over the target the cap halves, well under it the cap grows by one."""
 
     target_s_per_token: float
-    initial: int = 4
+    initial: int = 32
     maximum: int = 32
     smoothing: float = 0.3
     _caps: dict[str, int] = field(default_factory=dict)

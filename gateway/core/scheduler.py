@@ -4,7 +4,7 @@ Ready calls wait in one queue. A drain runs on the next loop iteration after any
 changes (a call becomes ready, a call finishes, a session's GET arrives), never by polling:
 
     ready call ──> queue ──(drain: AppFifo order, GroupBatching units, engine views,
-                            CapacityFit + LatencyCap admit, affinity/packing rank)──> task
+                            CapacityFit + LatencyCap admit, isolation/least-work rank)──> task
 
 A call ready at submission is held briefly, until its session has been quiet for
 `admission_quiet_s` (at most `admission_max_hold_s`), or until the session GETs a value:
@@ -34,9 +34,9 @@ from gateway.core.policies import (
     Demand,
     EngineView,
     GroupBatching,
+    Isolation,
     LatencyCap,
-    PrefixAffinity,
-    ThroughputPacking,
+    LeastWork,
 )
 from gateway.core.template import Input, Text
 from gateway.pool.members import EnginePool, Member
@@ -63,11 +63,12 @@ class Placer:
 
     @staticmethod
     def rank(view: EngineView, demand: Demand, position: int) -> tuple:
+        # Load comes before prefix affinity (LeastWork discounts a held prefix by its size):
+        # ranking affinity first piled every app sharing one template onto one engine.
         return (
-            PrefixAffinity.score(view, demand)
-            + GroupBatching.score(view, demand)
-            + LatencyCap.score(view, demand)
-            + ThroughputPacking.score(view, demand)
+            GroupBatching.score(view, demand)
+            + Isolation.score(view, demand)
+            + LeastWork.score(view, demand)
             + (-position,)
         )
 

@@ -62,12 +62,27 @@ def test_latency_cap_limits_latency_calls_per_engine() -> None:
     assert LatencyCap.admits(view, demand("t9"))  # throughput is not capped
 
 
-def test_placer_sends_throughput_away_from_latency_engines_and_packs_it() -> None:
+def test_placer_sends_throughput_away_from_latency_engines_and_balances_it() -> None:
     busy = EngineView("busy", latency_calls=1)
     free1, free2 = EngineView("free1"), EngineView("free2")
     placed, held = Placer().place([demand("t1"), demand("t2")], [busy, free1, free2])
     assert held == []
-    assert [v.member_id for _, v in placed] == ["free1", "free1"]  # packed onto one
+    assert [v.member_id for _, v in placed] == ["free1", "free2"]
+
+
+def test_a_held_prefix_counts_as_work_saved_not_as_a_trump_card() -> None:
+    def views() -> list[EngineView]:
+        holder = EngineView("holder", prefixes={b"sys"}, throughput_calls=3, reserved_tokens=900)
+        return [holder, EngineView("empty")]
+
+    # A long prefix (1000 tokens) outweighs the holder's 900 tokens of queued work...
+    long = demand("x1", prefix_key=b"sys", prefix_tokens=1000, est_tokens=100)
+    placed, _ = Placer().place([long], views())
+    assert placed[0][1].member_id == "holder"
+    # ...a short shared instruction (50 tokens) does not: the call goes to the idle engine.
+    short = demand("x2", prefix_key=b"sys", prefix_tokens=50, est_tokens=100)
+    placed, _ = Placer().place([short], views())
+    assert placed[0][1].member_id == "empty"
 
 
 def test_placer_spreads_latency_work_and_holds_it_at_the_cap() -> None:
@@ -88,7 +103,9 @@ def test_placer_puts_a_task_group_on_one_engine_where_it_fits() -> None:
 
 def test_placer_prefers_the_engine_holding_the_prefix() -> None:
     a, b = EngineView("a"), EngineView("b", prefixes={b"sys"})
-    placed, _ = Placer().place([demand("x1", "latency", prefix_key=b"sys")], [a, b])
+    placed, _ = Placer().place(
+        [demand("x1", "latency", prefix_key=b"sys", prefix_tokens=200)], [a, b]
+    )
     assert placed[0][1].member_id == "b"
 
 
