@@ -7,6 +7,7 @@ vllm/parrot, writes JSON, and draws plots into docs/img/.
 
     parrot bench apps --quick                      # all five, small sizes (make bench)
     parrot bench apps --workload chain --systems parrot baseline --rtt 0 0.05
+    parrot bench apps --quick --repeat 3           # medians of three interleaved passes
 """
 
 from __future__ import annotations
@@ -129,6 +130,13 @@ def headline(workload: str, result: dict) -> float:
     return result.get("mean_latency_s", result["e2e_s"])
 
 
+def median_sample(workload: str, runs: list[dict]) -> dict:
+    """The run whose headline is the median (the lower of the two middle ones for an even
+    count), with every run's headline attached as `samples` so the spread is on record."""
+    ordered = sorted(runs, key=lambda r: headline(workload, r))
+    return {**ordered[(len(ordered) - 1) // 2], "samples": [headline(workload, r) for r in runs]}
+
+
 def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
     """All systems are started first and every case runs on each system in turn, so a
     slow period of a shared machine hits all systems alike instead of one of them."""
@@ -149,15 +157,22 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
             for s in running
             if s.name != "baseline-latcap" or w == "mixed"  # the latency-capped peer
         ]
-        for i, (workload, label, params, rtt, system) in enumerate(jobs, 1):
-            t0 = time.perf_counter()
-            res = asyncio.run(run_case(workload, params, system, rtt))
-            key = f"{workload}|{label}|rtt={int(rtt * 1000)}ms"
-            results.setdefault(key, {})[system.name] = res
-            progress(
-                f"[{i}/{len(jobs)}] {system.name:<15} {key:<48} "
-                f"{headline(workload, res):8.3f}  ({time.perf_counter() - t0:.0f}s)"
-            )
+        samples: dict[str, dict[str, list[dict]]] = {}
+        total = len(jobs) * args.repeat
+        # Repetitions are whole passes over the plan, so a slow spell of the machine lands on
+        # one sample of every case rather than on every sample of one case.
+        for rep in range(args.repeat):
+            for i, (workload, label, params, rtt, system) in enumerate(jobs, 1):
+                t0 = time.perf_counter()
+                res = asyncio.run(run_case(workload, params, system, rtt))
+                key = f"{workload}|{label}|rtt={int(rtt * 1000)}ms"
+                samples.setdefault(key, {}).setdefault(system.name, []).append(res)
+                progress(
+                    f"[{rep * len(jobs) + i}/{total}] {system.name:<15} {key:<48} "
+                    f"{headline(workload, res):8.3f}  ({time.perf_counter() - t0:.0f}s)"
+                )
+    for key, row in samples.items():
+        results[key] = {name: median_sample(key.split("|")[0], runs) for name, runs in row.items()}
     return results
 
 
@@ -201,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         help="injected client-server round trip per request, seconds",
     )
     ap.add_argument("--quick", action="store_true", help="small sizes (make bench)")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="passes over all cases; tables show the median"
+    )
     ap.add_argument("--json", default="bench-results/apps.json")
     ap.add_argument("--plots", default=str(ROOT / "docs" / "img"))
     args = ap.parse_args(argv)
