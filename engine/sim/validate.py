@@ -4,8 +4,9 @@
 
 Each workload runs on one real `BuiltinEngine` (wall clock) and on one `SimEngine` with the
 profile (virtual clock) through the same driver, and the per-app completion times are
-compared. The five application workloads of loadtest/apps/ plug in through
-`engine.sim.workload.WORKLOADS` (`--workloads map_reduce ...` with `--scale`).
+compared: four single-call shapes, then the application workloads of
+`engine.sim.workload.WORKLOADS` (the five of loadtest/apps/ with synthetic tokens, at
+`--scale`).
 """
 
 from __future__ import annotations
@@ -65,10 +66,14 @@ SIMPLE: dict[str, Callable[[], list[AppSpec]]] = {
 }
 
 
+APPS = {"mixed": 8}  # apps per application workload (default 2): mixed needs both kinds
+
+
 def workload(name: str, scale: float) -> list[AppSpec]:
     if name in SIMPLE:
         return SIMPLE[name]()
-    return poisson_apps(name, n_apps=2, rate=0.5, seed=5 + len(name), scale=scale)
+    n = APPS.get(name, 2)
+    return poisson_apps(name, n_apps=n, rate=0.5 * n / 2, seed=5 + len(name), scale=scale)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +131,7 @@ async def compare(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m engine.sim.validate", description=__doc__)
     ap.add_argument("--profile", default="cpu-smollm2")
-    ap.add_argument("--workloads", nargs="+", default=[*SIMPLE, "chain_summary", "map_reduce"])
+    ap.add_argument("--workloads", nargs="+", default=[*SIMPLE, *WORKLOADS])
     ap.add_argument("--scale", type=float, default=0.25, help="length scale of app workloads")
     ap.add_argument("--threads", type=int, default=None, help="torch threads, as calibrated")
     args = ap.parse_args(argv)

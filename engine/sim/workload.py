@@ -6,17 +6,18 @@ prompt, instructions: one content key shared by every call and app that uses it)
 `Tokens`, or `OutputOf` an earlier call (which makes the DAG). Token ids are synthetic:
 the simulator costs token counts and caches by ids, so only sizes and sharing matter.
 
-Generators for the five paper workloads take (rng, n_apps, rate, scale) and return apps
-with Poisson arrivals; `scale` shrinks every length (0.25 suits the CPU SmolLM2 profile).
-The application workloads of loadtest/apps/ plug in by producing `AppSpec`s the same way
-and registering in `WORKLOADS`.
+Generators for the paper's five application workloads take (bank, app id, scale) and
+`poisson_apps` gives them Poisson arrivals; `scale` shrinks every length (0.25 suits the
+CPU SmolLM2 profile). They mirror loadtest/apps/ with synthetic tokens: chain summary,
+map-reduce, the shared system prompt (as `copilot`, one long prompt, and `gpts`, four apps
+with prompts of different lengths), multi-agent and mixed chat + map-reduce.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from engine.protocol import Objective
 
@@ -154,6 +155,15 @@ def multi_agent(bank: Tokenbank, app: str, scale: float, files: int = 4) -> list
     return calls
 
 
+def mixed(bank: Tokenbank, app: str, scale: float) -> list[CallSpec]:
+    """Latency-sensitive chat turns (three apps in four) among map-reduce batch jobs that
+    nobody awaits with latency, so their calls are throughput work."""
+    if bank.pick(4):
+        prompt = (bank.shared("chat-system", _n(200, scale)), bank.fresh(_n(80, scale)))
+        return [CallSpec(f"{app}/chat", prompt, _n(100, scale))]
+    return [replace(c, objective="throughput") for c in map_reduce(bank, app, scale)]
+
+
 AppShape = Callable[[Tokenbank, str, float], list[CallSpec]]
 WORKLOADS: dict[str, AppShape] = {
     "chain_summary": chain_summary,
@@ -161,6 +171,7 @@ WORKLOADS: dict[str, AppShape] = {
     "copilot": copilot,
     "gpts": gpts,
     "multi_agent": multi_agent,
+    "mixed": mixed,
 }
 
 
