@@ -92,6 +92,17 @@ def _engine_parser(sub: Any) -> None:
     p.add_argument("--priority-field", help="openai: body field for objectives (e.g. priority)")
     p.add_argument("--priority-lower-first", action="store_true", help="upstream runs low first")
     p.add_argument("--sglang-priority", action="store_true", help="send SGLang's priority")
+    p.add_argument(
+        "--sglang-model", metavar="PATH", help="sglang: run this model in process (not --upstream)"
+    )
+    p.add_argument(
+        "--sglang-arg",
+        dest="sglang_args",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sglang in process: a ServerArgs option (e.g. tp_size=2); repeatable",
+    )
     p.add_argument("--sim-profile", default="cpu-smollm2", help="sim: preset name or JSON path")
     p.add_argument("--sim-speedup", type=float, default=1.0, help="sim: x real time")
     p.add_argument(
@@ -109,8 +120,12 @@ def _backend(args: argparse.Namespace) -> tuple[str, Any]:
     """The engine `parrot engine` serves, built from its flags; imports only what it needs."""
     kind = args.backend or ("echo" if args.echo else "builtin")
     engine_id = f"{kind}-{args.port}"
-    if kind in ("openai", "sglang") and not args.upstream:
-        raise SystemExit(f"parrot engine: --backend {kind} needs --upstream URL")
+    if kind == "openai" and not args.upstream:
+        raise SystemExit("parrot engine: --backend openai needs --upstream URL")
+    if kind == "sglang" and bool(args.upstream) == bool(args.sglang_model):
+        raise SystemExit(
+            "parrot engine: --backend sglang needs one of --upstream URL and --sglang-model PATH"
+        )
     if kind == "echo":
         from engine.echo import EchoEngine
 
@@ -130,15 +145,20 @@ def _backend(args: argparse.Namespace) -> tuple[str, Any]:
     if kind == "sglang":
         from engine.sglang.factory import create_sglang_engine
 
-        return kind, create_sglang_engine(
-            args.upstream,
-            model=args.upstream_model,
-            tokenizer=args.tokenizer,
-            context_length=args.context_length,
-            send_priority=args.sglang_priority,
-            priority_lower_first=args.priority_lower_first,
-            engine_id=engine_id,
-        )
+        try:
+            return kind, create_sglang_engine(
+                args.upstream,
+                model_path=args.sglang_model,
+                runtime_options=args.sglang_args,
+                model=args.upstream_model,
+                tokenizer=args.tokenizer,
+                context_length=args.context_length,
+                send_priority=args.sglang_priority,
+                priority_lower_first=args.priority_lower_first,
+                engine_id=engine_id,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"parrot engine: {exc}") from exc
     if kind == "sim":
         from engine.sim.engine import SimEngine
         from engine.sim.profile import load_profile

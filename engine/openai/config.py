@@ -41,8 +41,9 @@ class UpstreamConfig:
     priority: PriorityMapping = field(default_factory=PriorityMapping)
     # Send the Parrot extension object (objective, priority, group) - for a Parrot upstream.
     parrot_extension: bool = False
-    # vLLM-style sampling fields outside OpenAI's spec (top_k, min_tokens, ignore_eos, ...).
-    # Off for hosted APIs that reject unknown fields: then asking for them is an error.
+    # vLLM-style fields outside OpenAI's spec (top_k, min_tokens, ignore_eos, ...,
+    # return_tokens_as_token_ids). Off for hosted APIs that reject unknown fields: then
+    # asking for those sampling fields is an error, and logprob tokens come back as text.
     sampling_extensions: bool = True
     # vLLM >= 0.10.2 returns the sampled token ids when asked (`return_token_ids`).
     request_token_ids: bool = False

@@ -5,7 +5,8 @@ The upstream holds no context between requests, so contexts are token histories 
 upstream's prefix cache turns the replayed prefix into cache hits. Forks are copies
 (`supports_fork=False` tells the gateway not to count on shared KV). Streaming passes
 through; the sampled ids come from the upstream where it reports them (vLLM's
-`return_token_ids`), otherwise from tokenizing each text delta.
+`return_token_ids`, or logprobs named by id), otherwise from tokenizing each text delta.
+Logprobs are asked for by id where the upstream allows it (`logprobs.py`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from engine.errors import EngineError, EngineUnavailable, InvalidRequest, Reques
 from engine.openai.config import UpstreamConfig
 from engine.openai.errors import stream_error, upstream_error
 from engine.openai.history import History, HistoryTable
+from engine.openai.logprobs import TokenNames
 from engine.openai.replay import ReplayFront, send
 from engine.openai.requests import completion_body
 from engine.openai.sse import data_events
 from engine.openai.tokenizer import TextTokenizer, UpstreamTokenizer
-from engine.openai.wire import ENCODER, EVENT, MODELS, CompletionEvent
+from engine.openai.wire import ENCODER, EVENT, MODELS, CompletionEvent, StreamChoice
 from engine.protocol import (
     EngineInfo,
     EngineStats,
@@ -49,6 +51,7 @@ class OpenAIEngine(ReplayFront):
         self._where = f"upstream {config.base_url}"
         self._local_tokenizer = tokenizer
         self._tokenizer: TextTokenizer | None = None
+        self._token_names: TokenNames | None = None
         self._info: EngineInfo | None = None
         self._histories: HistoryTable | None = None
         headers = {"content-type": "application/json"}
@@ -92,6 +95,7 @@ class OpenAIEngine(ReplayFront):
                 f"upstream {url} does not report its context length; configure context_length"
             )
         self._tokenizer = await self._pick_tokenizer(card.id)
+        self._token_names = TokenNames(self._tokenizer)
         vocab = cfg.vocab_size or self._tokenizer.vocab_size or 2**31 - 1
         self._histories = HistoryTable(context_length)
         self._info = EngineInfo(
@@ -103,6 +107,12 @@ class OpenAIEngine(ReplayFront):
             block_size=NOMINAL_BLOCK_SIZE,
             supports_fork=False,
         )
+
+    @property
+    def _names(self) -> TokenNames:
+        if self._token_names is None:
+            raise self._unreached()
+        return self._token_names
 
     async def _pick_tokenizer(self, model: str) -> TextTokenizer:
         mode = self.config.tokenizer
@@ -170,7 +180,8 @@ class OpenAIEngine(ReplayFront):
             body = completion_body(
                 self.config, info.model, ctx.token_ids, request.sampling, request.scheduling
             )
-            async for chunk in self._stream(request.request_id, ctx, body):
+            stream = self._stream(request.request_id, ctx, body, request.sampling.logprobs)
+            async for chunk in stream:
                 yield chunk
         finally:
             ctx.busy = False
@@ -179,8 +190,29 @@ class OpenAIEngine(ReplayFront):
                 with contextlib.suppress(EngineError):
                     self.histories.free(ctx.context_id)
 
+    async def _chunk(
+        self, request_id: str, choice: StreamChoice, k: int | None
+    ) -> GenerateChunk | None:
+        """The engine chunk of one choice event (None when it carries nothing). Its ids are
+        the upstream's where reported, else those the logprobs name, else the text's."""
+        logprobs = None
+        if k is not None and choice.logprobs is not None:
+            logprobs = await self._names.logprobs(choice.logprobs, k, choice.token_ids)
+        elif k is not None and (choice.text or choice.token_ids):
+            raise InvalidRequest(f"{self._where} does not report logprobs", param="logprobs")
+        ids = choice.token_ids
+        if ids is None and logprobs is not None:
+            ids = [lp.token_id for lp in logprobs]
+        if ids is None:
+            ids = await self.tokenizer.encode(choice.text) if choice.text else []
+        if not (ids or choice.text or logprobs):
+            return None
+        return GenerateChunk(
+            request_id=request_id, token_ids=ids, text=choice.text, logprobs=logprobs or None
+        )
+
     async def _stream(
-        self, request_id: str, ctx: History, body: dict
+        self, request_id: str, ctx: History, body: dict, k: int | None
     ) -> AsyncIterator[GenerateChunk]:
         url = f"{self.config.base_url.rstrip('/')}/completions"
         prompt_tokens = len(ctx.token_ids)
@@ -200,18 +232,14 @@ class OpenAIEngine(ReplayFront):
                     event = self._decode(url, payload)
                     usage = event.usage or usage
                     for choice in event.choices:
-                        ids = choice.token_ids
-                        if ids is None:
-                            ids = await self.tokenizer.encode(choice.text) if choice.text else []
-                        generated.extend(ids)
                         if choice.finish_reason is not None:
                             finish = _FINISH.get(choice.finish_reason, "stop")
-                        if ids or choice.text:
+                        chunk = await self._chunk(request_id, choice, k)
+                        if chunk is not None:
+                            generated.extend(chunk.token_ids)
                             if held is not None:
                                 yield held
-                            held = GenerateChunk(
-                                request_id=request_id, token_ids=ids, text=choice.text
-                            )
+                            held = chunk
         except (httpx.TransportError, httpx.StreamError) as exc:
             if request_id in self._aborted:
                 raise RequestAborted(f"request '{request_id}' was aborted") from exc

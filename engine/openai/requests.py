@@ -35,10 +35,6 @@ def completion_body(
     scheduling: Scheduling,
 ) -> dict[str, Any]:
     """The streamed completion of `prompt_ids` (the whole context, replayed)."""
-    if sampling.logprobs is not None:
-        # The upstream names tokens by their text, not their ids, so they cannot be mapped
-        # back to Parrot's id-based logprobs.
-        raise InvalidRequest("logprobs are not supported by the openai backend", "logprobs")
     body: dict[str, Any] = {
         "model": model,
         "prompt": prompt_ids,
@@ -64,6 +60,11 @@ def completion_body(
             param=name,
         )
     body.update(extensions)
+    if sampling.logprobs is not None:
+        body["logprobs"] = sampling.logprobs
+        if config.sampling_extensions:
+            # Parrot's logprobs name tokens by id; vLLM and Parrot can name them so too.
+            body["return_tokens_as_token_ids"] = True
     if config.request_token_ids:
         body["return_token_ids"] = True
     mapping = config.priority

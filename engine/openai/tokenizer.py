@@ -7,6 +7,7 @@ upstream engine needs a tokenizer that matches the upstream's model exactly:
   prompts are rendered by tokenizing `messages` and decoding the ids back to text);
 - `LocalTokenizer`: a `engine.builtin.tokenizer.Tokenizer` loaded from the same model's
   GGUF or Hugging Face directory (`load_local_tokenizer`);
+- `HFTokenizer`: a transformers tokenizer object (an in-process SGLang runtime's);
 - `EngineTokenizer`: borrow another engine's tokenizer (e.g. an echo engine in tests).
 """
 
@@ -110,6 +111,32 @@ class LocalTokenizer:
         self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
     ) -> str:
         return self._tokenizer.render_chat(messages, add_generation_prompt)
+
+
+class HFTokenizer:
+    """A transformers tokenizer object (an in-process SGLang runtime's own)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+
+    @property
+    def vocab_size(self) -> int | None:
+        return len(self._tokenizer)  # with added tokens, unlike its `vocab_size`
+
+    async def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+    async def decode(self, token_ids: Sequence[int]) -> str:
+        return self._tokenizer.decode(list(token_ids), skip_special_tokens=False)
+
+    async def render_chat(
+        self, messages: Sequence[ChatMessage], add_generation_prompt: bool = True
+    ) -> str:
+        return self._tokenizer.apply_chat_template(
+            [{"role": m.role, "content": m.content} for m in messages],
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
 
 
 class EngineTokenizer:

@@ -13,7 +13,14 @@ import msgspec
 
 
 class CompletionLogprobs(msgspec.Struct, frozen=True):
+    """A completion choice's `logprobs` (the same object streamed or not). Tokens are named
+    by their text, or as `token_id:<id>` where the server was asked to
+    (`return_tokens_as_token_ids`: vLLM, Parrot)."""
+
     tokens: list[str] = []
+    token_logprobs: list[float | None] = []
+    # Per position {token name: logprob}; vLLM also lists the sampled token here.
+    top_logprobs: list[dict[str, float] | None] | None = None
 
 
 class StreamChoice(msgspec.Struct, frozen=True):
@@ -22,6 +29,7 @@ class StreamChoice(msgspec.Struct, frozen=True):
     finish_reason: str | None = None
     # vLLM with `return_token_ids`: the ids sampled since the previous event.
     token_ids: list[int] | None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class PromptTokensDetails(msgspec.Struct, frozen=True):

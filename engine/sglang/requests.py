@@ -1,4 +1,4 @@
-"""SGLang `/generate` bodies (GenerateReqInput as JSON) and its streamed outputs.
+"""SGLang generate requests: `GenerateReqInput` fields, posted as JSON or passed in process.
 
 Every request carries the full token ids of its context (`input_ids`), so forks of a shared
 prefix become radix-cache hits; `rid` is the Parrot request id plus a terminator, because
@@ -7,14 +7,9 @@ SGLang aborts every request whose rid *starts with* the one given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
-from engine.errors import EngineError, InvalidRequest, RequestAborted
-from engine.openai.errors import upstream_error
-from engine.protocol import FinishReason, SamplingParams, Scheduling
+from engine.protocol import SamplingParams, Scheduling
 from engine.sglang.config import SGLangConfig
 from engine.sglang.tags import ParrotTag
 
@@ -27,8 +22,6 @@ def rid_of(request_id: str) -> str:
 
 def sampling_params(sampling: SamplingParams) -> dict[str, Any]:
     """SGLang's sampling_params dict (names as in sglang/srt/sampling/sampling_params.py)."""
-    if sampling.logprobs is not None:
-        raise InvalidRequest("logprobs are not supported by the sglang backend", "logprobs")
     params: dict[str, Any] = {
         "max_new_tokens": sampling.max_tokens,
         "temperature": sampling.temperature,
@@ -60,14 +53,19 @@ def generate_body(
     scheduling: Scheduling,
     tag: ParrotTag,
     stream: bool,
+    logprobs: int | None = None,
 ) -> dict[str, Any]:
+    """`logprobs`: None, or the number of alternatives to report with each sampled token."""
     body: dict[str, Any] = {
         "rid": rid,
-        "input_ids": input_ids,
+        "input_ids": list(input_ids),  # a copy: in process, SGLang keeps the request
         "sampling_params": params,
         "stream": stream,
         "routing_key": tag.encode(),
     }
+    if logprobs is not None:
+        # -1: output tokens only (the replayed context is not scored again).
+        body |= {"return_logprob": True, "top_logprobs_num": logprobs, "logprob_start_len": -1}
     if config.send_priority:
         body["priority"] = config.priority(scheduling.objective, scheduling.priority)
     return body
@@ -81,64 +79,3 @@ def tag_for(scheduling: Scheduling, **declare: str) -> ParrotTag:
         group_id=scheduling.group_id,
         **declare,
     )
-
-
-class FinishInfo(msgspec.Struct, frozen=True):
-    type: str
-    message: str | None = None
-    status_code: int | None = None  # set on aborts SGLang decided itself
-
-
-class MetaInfo(msgspec.Struct, frozen=True):
-    finish_reason: FinishInfo | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-
-class Output(msgspec.Struct, frozen=True):
-    """One streamed (or the only non-streamed) `/generate` output."""
-
-    text: str | None = None
-    output_ids: list[int] = []
-    meta_info: MetaInfo = MetaInfo()
-    error: Any = None
-
-
-OUTPUT = msgspec.json.Decoder(Output)
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort"}
-
-
-def finish_reason(info: FinishInfo | None) -> FinishReason | None:
-    return None if info is None else _FINISH.get(info.type, "stop")
-
-
-def abort_error(url: str, request_id: str, by_us: bool, info: FinishInfo) -> EngineError:
-    if by_us:
-        return RequestAborted(f"request '{request_id}' was aborted")
-    # SGLang aborted it itself (a priority sent to a server without priority scheduling, a
-    # full queue, ...): its status code says whose fault it was.
-    body = msgspec.json.encode({"error": {"message": info.message or "aborted by sglang"}})
-    return upstream_error(url, info.status_code or 503, body)
-
-
-@dataclass(slots=True)
-class Deltas:
-    """New ids and text per output, in either of SGLang's streaming modes: cumulative (the
-    default: each output repeats everything so far) or `--incremental-streaming-output`."""
-
-    num_ids: int = 0
-    num_chars: int = 0
-
-    def step(self, output: Output) -> tuple[list[int], str]:
-        ids, text = output.output_ids, output.text or ""
-        # Cumulative outputs hold as many ids as have been generated in all.
-        cumulative = len(ids) == output.meta_info.completion_tokens and len(ids) >= self.num_ids
-        if cumulative:
-            new_ids, new_text = ids[self.num_ids :], text[self.num_chars :]
-            self.num_chars = len(text)
-        else:
-            new_ids, new_text = list(ids), text
-            self.num_chars += len(text)
-        self.num_ids += len(new_ids)
-        return list(new_ids), new_text

@@ -178,6 +178,7 @@ class ChatCompletionRequest(msgspec.Struct, _SamplingMixin, frozen=True, kw_only
     min_tokens: NonNegativeInt = 0
     ignore_eos: bool = False
     repetition_penalty: float = 1.0
+    return_tokens_as_token_ids: bool = False  # vLLM: logprob tokens named "token_id:<id>"
     # --- extensions: Parrot ---
     parrot: ParrotOptions | None = None
 
@@ -233,6 +234,7 @@ class CompletionRequest(msgspec.Struct, _SamplingMixin, frozen=True, kw_only=Tru
     min_tokens: NonNegativeInt = 0
     ignore_eos: bool = False
     repetition_penalty: float = 1.0
+    return_tokens_as_token_ids: bool = False  # vLLM: logprob tokens named "token_id:<id>"
     # --- extensions: Parrot ---
     parrot: ParrotOptions | None = None
 

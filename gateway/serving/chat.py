@@ -121,6 +121,7 @@ async def create_chat_completion(
         choices_per_prompt=body.n,
         include_usage=body.include_usage,
         detokenize=services.detokenizer(body.model) if body.logprobs else None,
+        tokens_as_ids=body.return_tokens_as_token_ids,
     )
     assembler = ChatAssembler(f"chatcmpl-{request_id}", body.model, body.n)
     if body.stream:

@@ -141,6 +141,7 @@ async def create_completion(
         choices_per_prompt=body.n,
         include_usage=body.include_usage,
         detokenize=services.detokenizer(body.model) if body.logprobs is not None else None,
+        tokens_as_ids=body.return_tokens_as_token_ids,
     )
     assembler = CompletionAssembler(f"cmpl-{request_id}", body.model, echoes)
     if body.stream:

@@ -1,7 +1,8 @@
 """Engine token logprobs -> OpenAI's chat and completions logprob objects.
 
 Engines report token ids; OpenAI reports token strings, so single-token strings are looked
-up once per (model, token id) and cached.
+up once per (model, token id) and cached. With vLLM's `return_tokens_as_token_ids` a token
+is named `token_id:<id>` instead, which an upstream client can map back exactly.
 """
 
 from __future__ import annotations
@@ -38,6 +39,12 @@ class TokenTexts:
                 self._texts.clear()
             self._texts.update({(model, t): text for t, text in zip(missing, texts, strict=True)})
         return {t: self._texts[(model, t)] for t in ids}
+
+
+def id_names(logprobs: Sequence[EngineLogprob]) -> dict[int, str]:
+    """vLLM's `return_tokens_as_token_ids` naming: exact where token texts are ambiguous."""
+    ids = {lp.token_id for lp in logprobs} | {t.token_id for lp in logprobs for t in lp.top}
+    return {t: f"token_id:{t}" for t in ids}
 
 
 def chat_logprobs(logprobs: Sequence[EngineLogprob], texts: dict[int, str]) -> ChoiceLogprobs:

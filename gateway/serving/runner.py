@@ -21,7 +21,7 @@ from gateway.errors import ApiError, from_engine
 from gateway.metrics import Metrics
 from gateway.protocol.responses import ENCODER, PromptTokensDetails, UsageInfo
 from gateway.serving.generation import ClientGone, Generation
-from gateway.serving.logprobs import Detokenize, TokenTexts
+from gateway.serving.logprobs import Detokenize, TokenTexts, id_names
 from gateway.transport import DONE, JsonResponse, SseResponse, error_frame, watch_disconnect
 
 
@@ -55,6 +55,7 @@ class Call:
     choices_per_prompt: int
     include_usage: bool = False
     detokenize: Detokenize | None = None  # set when logprobs were asked for
+    tokens_as_ids: bool = False  # logprob tokens named "token_id:<id>", not by their text
     started: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     completion_tokens: int = 0
@@ -112,6 +113,8 @@ class Runner:
     async def _texts(self, call: Call, chunk: GenerateChunk) -> dict[int, str] | None:
         if chunk.logprobs is None or call.detokenize is None:
             return None
+        if call.tokens_as_ids:
+            return id_names(chunk.logprobs)
         return await self._token_texts.lookup(call.model, chunk.logprobs, call.detokenize)
 
     async def respond(

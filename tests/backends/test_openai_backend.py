@@ -135,8 +135,8 @@ async def test_errors_map_to_engine_errors(echo_upstream) -> None:
             await _collect(
                 engine, _request("e2", "e2", "x", sampling=SamplingParams(max_tokens=200_000))
             )
-        logprobs = SamplingParams(max_tokens=2, logprobs=1)
-        with pytest.raises(InvalidRequest, match="logprobs"):
+        logprobs = SamplingParams(max_tokens=2, logprobs=1)  # the echo engine reports none
+        with pytest.raises(InvalidRequest, match="does not report logprobs"):
             await _collect(engine, _request("e3", "e3", "x", sampling=logprobs))
     finally:
         await engine.close()

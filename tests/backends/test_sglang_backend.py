@@ -1,20 +1,28 @@
-"""The SGLang backend: request mapping, both streaming modes, fill pins, aborts - against a
-named fake of SGLang's HTTP API, and against a real server when PARROT_SGLANG_URL is set."""
+"""The SGLang backend over HTTP: request mapping, both streaming modes, logprobs, fill pins,
+aborts - against a named fake of SGLang's HTTP API, and a real server when PARROT_SGLANG_URL
+is set."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 import pytest
 from backend_support import serve
-from fake_sglang import FakeSGLangServer
+from fake_sglang import CUMULATIVE_LOGPROB_EVENTS, INCREMENTAL_LOGPROB_EVENTS, FakeSGLangServer
+from fake_sglang_runtime import FakeGenerateReqInput, FakeSGLangRuntime
 
-from engine.errors import InvalidRequest, RequestAborted
+from engine.errors import RequestAborted
 from engine.protocol import FillRequest, GenerateRequest, SamplingParams, Scheduling
 from engine.sglang.config import SGLangConfig
 from engine.sglang.engine import SGLangEngine
-from engine.sglang.requests import Deltas, Output, generate_body, rid_of, sampling_params, tag_for
+from engine.sglang.inprocess import InProcessTransport
+from engine.sglang.outputs import OUTPUT, Deltas, Output
+from engine.sglang.requests import generate_body, rid_of, sampling_params, tag_for
 from engine.sglang.tags import ParrotTag
 
 
@@ -47,8 +55,14 @@ def test_sampling_params_use_sglang_names() -> None:
         "sampling_seed": 9,
     }
     assert "top_k" not in sampling_params(SamplingParams())  # absent: the whole vocabulary
-    with pytest.raises(InvalidRequest):
-        sampling_params(SamplingParams(logprobs=2))
+
+
+def test_logprobs_are_asked_for_output_tokens_only() -> None:
+    body = generate_body(SGLangConfig(url="u"), "r#", [1], {}, Scheduling(), ParrotTag(), True, 3)
+    assert body["return_logprob"] is True and body["top_logprobs_num"] == 3
+    assert body["logprob_start_len"] == -1  # the replayed context is not scored
+    plain = generate_body(SGLangConfig(url="u"), "r#", [1], {}, Scheduling(), ParrotTag(), True)
+    assert "return_logprob" not in plain
 
 
 def test_generate_body_carries_ids_rid_priority_and_tag() -> None:
@@ -74,13 +88,25 @@ def test_generate_body_carries_ids_rid_priority_and_tag() -> None:
 def test_deltas_read_cumulative_and_incremental_streams() -> None:
     out = _output
     cumulative = Deltas()
-    assert cumulative.step(out([1], "a", 1)) == ([1], "a")
-    assert cumulative.step(out([1, 2], "ab", 2)) == ([2], "b")
-    assert cumulative.step(out([1, 2, 3], "abc", 3)) == ([3], "c")
+    assert cumulative.step(out([1], "a", 1)) == ([1], "a", None)
+    assert cumulative.step(out([1, 2], "ab", 2)) == ([2], "b", None)
+    assert cumulative.step(out([1, 2, 3], "abc", 3)) == ([3], "c", None)
     incremental = Deltas()
-    assert incremental.step(out([1], "a", 1)) == ([1], "a")
-    assert incremental.step(out([2], "b", 2)) == ([2], "b")
-    assert incremental.step(out([3], "c", 3)) == ([3], "c")
+    assert incremental.step(out([1], "a", 1)) == ([1], "a", None)
+    assert incremental.step(out([2], "b", 2)) == ([2], "b", None)
+    assert incremental.step(out([3], "c", 3)) == ([3], "c", None)
+
+
+@pytest.mark.parametrize("events", [CUMULATIVE_LOGPROB_EVENTS, INCREMENTAL_LOGPROB_EVENTS])
+def test_logprob_entries_become_token_logprobs(events: list[dict]) -> None:
+    deltas = Deltas()
+    steps = [deltas.step(OUTPUT.decode(msgspec.json.encode(e))) for e in events]
+    assert [s.token_ids for s in steps] == [[72], [33]]
+    first, second = steps[0].logprobs[0], steps[1].logprobs[0]
+    assert (first.token_id, first.logprob) == (72, -0.5)
+    assert [(t.token_id, t.logprob) for t in first.top] == [(72, -0.5), (104, -1.25)]
+    assert (second.token_id, second.logprob) == (33, -2.0)
+    assert second.top[0].token_id == 46 and second.top[1].logprob == -math.inf
 
 
 def _output(ids: list[int], text: str, total: int) -> Output:
@@ -88,13 +114,36 @@ def _output(ids: list[int], text: str, total: int) -> Output:
     return msgspec.convert(raw, Output)
 
 
-@pytest.mark.parametrize("incremental", [False, True])
-async def test_engine_against_fake_sglang(incremental: bool) -> None:
-    fake = FakeSGLangServer(incremental=incremental)
-    live = serve(fake.app())
-    engine = SGLangEngine(SGLangConfig(url=live.url))
+@contextlib.asynccontextmanager
+async def fake_engine(transport: str, **fake_options) -> AsyncIterator[tuple[SGLangEngine, Any]]:
+    """A started backend over the HTTP fake, or over the in-process fake runtime."""
+    live = None
+    if transport == "http":
+        fake = FakeSGLangServer(**fake_options)
+        live = serve(fake.app())
+        engine = SGLangEngine(SGLangConfig(url=live.url))
+    else:
+        runtime = FakeSGLangRuntime(**fake_options)
+        fake = runtime.fake
+        config = SGLangConfig(model_path="models/fake")
+        inprocess = InProcessTransport(config, runtime, FakeGenerateReqInput)
+        engine = SGLangEngine(config, transport=inprocess)
     try:
         await engine.start()
+        yield engine, fake
+    finally:
+        await engine.close()
+        if live is not None:
+            live.stop()
+
+
+TRANSPORTS = ["http", "inprocess"]
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["cumulative", "incremental"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_engine_against_fake_sglang(transport: str, incremental: bool) -> None:
+    async with fake_engine(transport, incremental=incremental) as (engine, fake):
         assert engine.info.backend == "sglang" and engine.info.context_length == 2048
         assert await engine.tokenize("ab") == [97, 98]
         scheduling = Scheduling(objective="throughput", app_id="t/app", group_id="maps")
@@ -122,6 +171,7 @@ async def test_engine_against_fake_sglang(incremental: bool) -> None:
         assert ParrotTag.decode(body["routing_key"]) == ParrotTag("throughput", 0, "t/app", "maps")
         assert "".join(c.text for c in chunks) == "sglang"
         assert sum(len(c.token_ids) for c in chunks) == 6
+        assert all(c.logprobs is None for c in chunks)
         usage = chunks[-1].usage
         assert chunks[-1].finish_reason == "length" and usage.completion_tokens == 6
         assert usage.cached_tokens == len(b"System prompt. ")  # the fill's prefix was cached
@@ -129,17 +179,33 @@ async def test_engine_against_fake_sglang(incremental: bool) -> None:
         unpin = fake.bodies[-1]
         assert ParrotTag.decode(unpin["routing_key"]).unpin == "px"
         assert unpin["sampling_params"]["max_new_tokens"] == 0 and len(unpin["input_ids"]) == 1
-    finally:
-        await engine.close()
-        live.stop()
 
 
-async def test_abort_sends_the_terminated_rid() -> None:
-    fake = FakeSGLangServer(delay_s=0.01)
-    live = serve(fake.app())
-    engine = SGLangEngine(SGLangConfig(url=live.url))
-    try:
-        await engine.start()
+@pytest.mark.parametrize("incremental", [False, True], ids=["cumulative", "incremental"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_logprobs_through_the_engine(transport: str, incremental: bool) -> None:
+    async with fake_engine(transport, incremental=incremental) as (engine, fake):
+        request = GenerateRequest(
+            request_id="lp",
+            context_id="lp",
+            prompt_token_ids=[1, 2],
+            sampling=SamplingParams(max_tokens=5, temperature=0.0, logprobs=3),
+            free_on_finish=True,
+        )
+        chunks = [c async for c in engine.generate(request)]
+        assert fake.bodies[-1]["top_logprobs_num"] == 3
+        logprobs = [lp for c in chunks for lp in c.logprobs]
+        assert [lp.token_id for lp in logprobs] == list(b"sglan")
+        assert all(c.token_ids == [lp.token_id for lp in c.logprobs] for c in chunks)
+        assert [lp.logprob for lp in logprobs] == [-(i + 1) / 8 for i in range(5)]
+        top = logprobs[1].top
+        assert [t.token_id for t in top] == [ord("g"), ord("g") + 1, ord("g") + 2]
+        assert top[1].logprob == -2 / 8 - 1 and top[2].logprob == -math.inf
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_abort_sends_the_terminated_rid(transport: str) -> None:
+    async with fake_engine(transport, delay_s=0.01) as (engine, fake):
         request = GenerateRequest(
             request_id="long",
             context_id="long",
@@ -153,10 +219,8 @@ async def test_abort_sends_the_terminated_rid() -> None:
             async for _ in stream:
                 pass
         assert fake.aborts == ["long#"]  # terminated: does not also abort "long2..."
+        assert (await engine.stats()).num_running == 0
         await engine.free("long")
-    finally:
-        await engine.close()
-        live.stop()
 
 
 @pytest.mark.skipif(not os.environ.get("PARROT_SGLANG_URL"), reason="PARROT_SGLANG_URL is not set")

@@ -2,31 +2,49 @@
 
 Runs where `sglang` imports (e.g. a scratch venv with `pip install --no-deps sglang` plus
 its small pure-Python dependencies; see docs/backends.md), skipped elsewhere: our request
-bodies must pass SGLang's JSON contract and build a `GenerateReqInput`; the plugin must
-register with SGLang's `HookRegistry`, wrap the real `SchedulePolicy.calc_priority`, order
-real `Req`s, and pin prefixes in a real (simulated-memory) `RadixCache`.
+bodies must pass SGLang's JSON contract and build a `GenerateReqInput`; the outputs our fakes
+give (logprobs included) must pass SGLang's response contract; the in-process transport must
+hand SGLang real `GenerateReqInput`s and call its runtime as its source defines; the plugin
+must register with SGLang's `HookRegistry`, wrap the real `SchedulePolicy.calc_priority`,
+order real `Req`s, and pin prefixes in a real (simulated-memory) `RadixCache`.
 """
 
 from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 
 io_struct = pytest.importorskip("sglang.srt.managers.io_struct", exc_type=ImportError)
 schedule_batch = pytest.importorskip("sglang.srt.managers.schedule_batch", exc_type=ImportError)
 
+from fake_sglang import (  # noqa: E402
+    CUMULATIVE_LOGPROB_EVENTS,
+    INCREMENTAL_LOGPROB_EVENTS,
+    FakeSGLang,
+    to_json,
+)
+from fake_sglang_runtime import FakeSGLangRuntime  # noqa: E402
+
+from engine.protocol import GenerateRequest as EngineRequest  # noqa: E402
 from engine.protocol import SamplingParams, Scheduling  # noqa: E402
 from engine.sglang.config import SGLangConfig  # noqa: E402
+from engine.sglang.engine import SGLangEngine  # noqa: E402
+from engine.sglang.inprocess import InProcessTransport  # noqa: E402
 from engine.sglang.plugin import ALLOCATABLE, CALC_PRIORITY, ParrotPlugin, RadixTree  # noqa: E402
 from engine.sglang.policy import PinBook  # noqa: E402
 from engine.sglang.requests import generate_body, rid_of, sampling_params, tag_for  # noqa: E402
 
 
-def _body(**sampling) -> dict:
+def _body(logprobs: int | None = None, **sampling) -> dict:
     scheduling = Scheduling(objective="latency", priority=1, app_id="t/s", group_id="g")
     params = sampling_params(SamplingParams(**sampling))
     config = SGLangConfig(url="u", send_priority=True)
     return generate_body(
-        config, rid_of("r1"), [5, 6, 7], params, scheduling, tag_for(scheduling), True
+        config, rid_of("r1"), [5, 6, 7], params, scheduling, tag_for(scheduling), True, logprobs
     )
 
 
@@ -43,6 +61,79 @@ def test_bodies_pass_sglangs_contract_and_build_a_generate_req_input() -> None:
 
     params = SGLangSampling(**body["sampling_params"])
     assert params.max_new_tokens == 5 and params.sampling_seed == 2 and params.ignore_eos
+
+
+async def test_logprob_bodies_pass_and_fake_outputs_match_sglangs_response_contract() -> None:
+    from sglang.api.v1.api_types import GenerateRequest, GenerateResponse
+
+    body = _body(logprobs=3, max_tokens=2)
+    GenerateRequest.from_json_value(body)
+    req = io_struct.GenerateReqInput(**body)
+    req.normalize_batch_and_arguments()
+    assert req.return_logprob is True and req.top_logprobs_num == 3
+    assert req.logprob_start_len == -1
+    events = CUMULATIVE_LOGPROB_EVENTS + INCREMENTAL_LOGPROB_EVENTS
+    for incremental in (False, True):
+        fake = FakeSGLang(incremental=incremental)
+        events += [json.loads(to_json(o)) async for o in fake.outputs(body)]
+    for event in events:
+        meta = GenerateResponse.from_json_value(event).meta_info
+        assert len(meta.output_token_logprobs) >= 1
+
+
+def _params(module: str, cls: str, method: str) -> list[str]:
+    """A method's parameter names, read from SGLang's source (importing the module needs
+    its GPU-side dependencies)."""
+    spec = importlib.util.find_spec(module)
+    tree = ast.parse(Path(spec.origin).read_text())
+    owner = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls)
+    fn = next(
+        n
+        for n in owner.body
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef) and n.name == method
+    )
+    args = fn.args
+    return [a.arg for a in [*args.args, *args.kwonlyargs]] + (
+        [f"**{args.kwarg.arg}"] if args.kwarg else []
+    )
+
+
+def test_the_in_process_calls_match_sglangs_source() -> None:
+    manager = "sglang.srt.managers.tokenizer_manager"
+    assert _params(manager, "TokenizerManager", "generate_request")[:3] == [
+        "self",
+        "obj",
+        "request",
+    ]
+    assert _params(manager, "TokenizerManager", "abort_request")[:2] == ["self", "rid"]
+    engine = "sglang.srt.entrypoints.engine"
+    assert _params(engine, "Engine", "__init__") == ["self", "**kwargs"]
+    assert _params(engine, "Engine", "shutdown") == ["self"]
+    # Why the transport goes to the tokenizer manager: async_generate drops routing_key,
+    # the field that carries Parrot's tag (this fails once SGLang accepts it there).
+    assert "routing_key" not in _params(engine, "Engine", "async_generate")
+    source = Path(importlib.util.find_spec(manager).origin).read_text()
+    for attribute in ("context_len", "served_model_name", "tokenizer"):
+        assert f"self.{attribute} = " in source
+
+
+async def test_the_in_process_transport_hands_sglang_real_requests() -> None:
+    runtime = FakeSGLangRuntime()
+    config = SGLangConfig(model_path="models/fake")
+    transport = InProcessTransport(config, runtime, io_struct.GenerateReqInput)
+    engine = SGLangEngine(config, transport=transport)
+    await engine.start()
+    request = EngineRequest(
+        request_id="r",
+        context_id="r",
+        prompt_token_ids=[1, 2],
+        sampling=SamplingParams(max_tokens=3, temperature=0.0, logprobs=2),
+        free_on_finish=True,
+    )
+    chunks = [c async for c in engine.generate(request)]
+    assert [len(c.logprobs[0].top) for c in chunks] == [2, 2, 2]
+    sent = runtime.fake.bodies[-1]
+    assert sent["routing_key"].startswith("parrot1:") and sent["return_logprob"] is True
 
 
 def _req(rid: str, tag_scheduling: Scheduling, ids: list[int], **declare: str):
