@@ -155,7 +155,7 @@ def summarize(results: list[AppResult]) -> dict[str, float]:
     latencies = sorted(r.latency_s for r in done) or [float("inf")]
     per_token = [r.latency_s / max(r.output_tokens, 1) for r in done] or [float("inf")]
     span = max((r.end_s for r in done), default=0.0) or 1.0
-    return {
+    summary = {
         "apps": len(results),
         "failed": len(results) - len(done),
         "mean_s": statistics.fmean(latencies),
@@ -163,6 +163,16 @@ def summarize(results: list[AppResult]) -> dict[str, float]:
         "s_per_token": statistics.fmean(per_token),
         "apps_per_s": len(done) / span,
     }
+    # The mixed workload's two kinds are judged apart: chat (one call) by its per-token
+    # latency, the batch jobs by completion time.
+    chats = [r for r in done if len(r.calls) == 1]
+    batches = [r for r in done if len(r.calls) > 1]
+    if chats and batches:
+        summary["chat_s_per_token"] = statistics.fmean(
+            r.latency_s / max(r.output_tokens, 1) for r in chats
+        )
+        summary["batch_mean_s"] = statistics.fmean(r.latency_s for r in batches)
+    return summary
 
 
 def solo_latency(profile: CostProfile, kind: str, scale: float, rtt: float) -> float:
@@ -179,6 +189,11 @@ def _table(kind: str, rows: list[dict]) -> str:
         lines.append(
             f"{r['router']:<15}{r['rate']:>8.2f}{r['mean_s']:>9.2f}{r['p90_s']:>9.2f}"
             f"{r['s_per_token']:>9.3f}{r['apps_per_s']:>8.2f}{r['failed']:>7}"
+            + (
+                f"  chat {r['chat_s_per_token']:.3f} s/token, batch {r['batch_mean_s']:.2f} s"
+                if "chat_s_per_token" in r
+                else ""
+            )
         )
     return "\n".join(lines)
 
