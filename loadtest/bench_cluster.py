@@ -7,7 +7,7 @@ runs the same apps; the table reports mean and p90 application completion time, 
 normalized latency (s per output token) and the sustainable rate: the highest load whose
 p90 completion time stays within `--slo` times the best p90 at the lowest load.
 
-Routers: `parrot` is the gateway's own placement (gateway/core: AppFifo order, GroupBatching,
+Routers: `parrot` is the gateway's own placement (gateway/core: AppFifo order,
 CapacityFit, LatencyCap with AdaptiveCap, Isolation, LeastWork with held prefixes free) with
 the DAG run server-side and shared prefixes forked on the engines; the baselines (engine/sim/
 routers.py) see independent requests and pay the client round trip on every call. This is

@@ -7,7 +7,7 @@ engines that admit it (higher is better). Nothing here touches an engine.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from engine.protocol import Objective
@@ -41,7 +41,6 @@ class EngineView:
     throughput_calls: int = 0
     latency_cap: int = 32
     prefixes: set[bytes] = field(default_factory=set)  # prefix contexts it holds (or fills)
-    groups: set[str] = field(default_factory=set)  # task groups with members running here
 
     @property
     def idle(self) -> bool:
@@ -60,13 +59,17 @@ class EngineView:
             self.throughput_calls += 1
         if demand.prefix_key is not None:
             self.prefixes.add(demand.prefix_key)
-        if demand.group_id is not None:
-            self.groups.add(demand.group_id)
 
 
 class AppFifo:
     """Order of ready work: latency first, then priority, then older applications, then
-    older calls, keeping a task group's members next to each other."""
+    older calls, keeping a task group's members next to each other.
+
+    That order, and the group id every member carries to its engine (whose scheduler runs a
+    group's members together), is all a task group gets here: the members are then placed
+    one by one like any call. Putting a whole group on one engine serialized its prefills
+    and lost to plain least-loaded routing in the 16-engine simulation (map-reduce 3.20 s vs
+    2.56 s per app at low load, docs/BENCHMARKS.md)."""
 
     @staticmethod
     def order(demands: Iterable[Demand]) -> list[Demand]:
@@ -130,30 +133,6 @@ class LeastWork:
     @staticmethod
     def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
         return (-(view.reserved_tokens + view.cost(demand)),)
-
-
-class GroupBatching:
-    """A task group is dispatched together to one engine where it fits."""
-
-    @staticmethod
-    def units(ordered: Sequence[Demand]) -> list[list[Demand]]:
-        """Consecutive demands of one group become one unit; others are units of one."""
-        units: list[list[Demand]] = []
-        index: dict[str, list[Demand]] = {}
-        for demand in ordered:
-            if demand.group_id is None:
-                units.append([demand])
-            elif demand.group_id in index:
-                index[demand.group_id].append(demand)
-            else:
-                index[demand.group_id] = [demand]
-                units.append(index[demand.group_id])
-        return units
-
-    @staticmethod
-    def score(view: EngineView, demand: Demand) -> tuple[int, ...]:
-        # Members that became ready later follow the ones already running.
-        return (demand.group_id is not None and demand.group_id in view.groups,)
 
 
 @dataclass(slots=True)

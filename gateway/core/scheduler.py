@@ -3,8 +3,8 @@
 Ready calls wait in one queue. A drain runs on the next loop iteration after anything
 changes (a call becomes ready, a call finishes, a session's GET arrives), never by polling:
 
-    ready call ──> queue ──(drain: AppFifo order, GroupBatching units, engine views,
-                            CapacityFit + LatencyCap admit, isolation/least-work rank)──> task
+    ready call ──> queue ──(drain: AppFifo order, engine views, CapacityFit + LatencyCap
+                            admit, Isolation + LeastWork rank)──> task
 
 A call ready at submission is held briefly, until its session has been quiet for
 `admission_quiet_s` (at most `admission_max_hold_s`), or until the session GETs a value:
@@ -33,7 +33,6 @@ from gateway.core.policies import (
     CapacityFit,
     Demand,
     EngineView,
-    GroupBatching,
     Isolation,
     LatencyCap,
     LeastWork,
@@ -65,12 +64,7 @@ class Placer:
     def rank(view: EngineView, demand: Demand, position: int) -> tuple:
         # Load comes before prefix affinity (LeastWork discounts a held prefix by its size):
         # ranking affinity first piled every app sharing one template onto one engine.
-        return (
-            GroupBatching.score(view, demand)
-            + Isolation.score(view, demand)
-            + LeastWork.score(view, demand)
-            + (-position,)
-        )
+        return Isolation.score(view, demand) + LeastWork.score(view, demand) + (-position,)
 
     def place(
         self, demands: Sequence[Demand], views: Sequence[EngineView]
@@ -78,15 +72,13 @@ class Placer:
         """(placements, held): held demands wait for capacity."""
         placed: list[tuple[Demand, EngineView]] = []
         held: list[Demand] = []
-        for unit in GroupBatching.units(AppFifo.order(demands)):
-            target = self._whole_unit(unit, views) if len(unit) > 1 else None
-            for demand in unit:
-                view = target or self._best(demand, views)
-                if view is None:
-                    held.append(demand)
-                    continue
-                view.take(demand)
-                placed.append((demand, view))
+        for demand in AppFifo.order(demands):
+            view = self._best(demand, views)
+            if view is None:
+                held.append(demand)
+                continue
+            view.take(demand)
+            placed.append((demand, view))
         return placed, held
 
     def _best(self, demand: Demand, views: Sequence[EngineView]) -> EngineView | None:
@@ -94,21 +86,6 @@ class Placer:
             (self.rank(v, demand, i), v) for i, v in enumerate(views) if self.admits(v, demand)
         ]
         return max(ranked, key=lambda rv: rv[0])[1] if ranked else None
-
-    def _whole_unit(self, unit: list[Demand], views: Sequence[EngineView]) -> EngineView | None:
-        """An engine where the whole task group fits at once (its prefix counted once)."""
-        if any(d.objective == "latency" for d in unit):
-            return None
-        fitting = []
-        for i, view in enumerate(views):
-            prefixes = {d.prefix_key: d.prefix_tokens for d in unit if d.prefix_key}
-            need = sum(d.est_tokens for d in unit) + sum(
-                n for k, n in prefixes.items() if k not in view.prefixes
-            )
-            room = view.capacity_tokens * self._fit.max_fill - view.reserved_tokens
-            if view.idle or need <= room:
-                fitting.append((self.rank(view, unit[0], i), view))
-        return max(fitting, key=lambda rv: rv[0])[1] if fitting else None
 
 
 @dataclass(slots=True)

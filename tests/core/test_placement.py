@@ -39,8 +39,10 @@ async def test_a_get_right_after_submission_sets_the_objective_before_dispatch(s
         assert seen["<<a>> "].app_id == f"{TENANT}/{sid}"
 
 
-async def test_a_task_group_lands_on_one_engine(services):
+async def test_a_task_group_is_tagged_as_one_and_spread_over_the_engines(services):
     fakes = engines()
+    for fake in fakes:
+        fake.delay_s = 0.05  # the maps run together, so their placement sees each other
     async with services(fakes) as s:
         core = s.core
         sid = (await core.create_session(TENANT)).session_id
@@ -54,8 +56,10 @@ async def test_a_task_group_lands_on_one_engine(services):
         created = await core.submit(sid, TENANT, requests, True)
         view = await core.get_variable(sid, TENANT, created[-1].outputs["r"], "latency", 5)
         assert view.value == "C0C1C2C3C4C5"
-        where = {g.text[:4]: f.info.engine_id for f in fakes for g in f.generates()}
-        assert len({where[f"map{i}"] for i in range(6)}) == 1
+        maps = {g.text[:4]: (f.info.engine_id, g) for f in fakes for g in f.generates()}
+        groups = {maps[f"map{i}"][1].group_id for i in range(6)}
+        assert len(groups) == 1 and None not in groups  # the engines see one task group
+        assert {maps[f"map{i}"][0] for i in range(6)} == {"e0", "e1"}  # by load, not pinned
 
 
 async def test_latency_and_throughput_apps_use_different_engines(services):
