@@ -70,6 +70,11 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-size", type=int, help="sequences stepped together (default 64)")
     g.add_argument("--max-step-tokens", type=int, help="token budget per step (default 512)")
     g.add_argument("--latency-cap", type=int, help="batch cap while latency work is live")
+    g.add_argument(
+        "--latency-step-tokens",
+        type=int,
+        help="tokens a step may hold with throughput work in it while latency work is live",
+    )
     g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
 
 

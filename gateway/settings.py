@@ -31,6 +31,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_batch_size: int = 64
     max_step_tokens: int = 512
     latency_cap: int = 64  # max sequences stepped while latency-critical work is live
+    latency_step_tokens: int = 512  # throughput fills a step to this while latency is live
     threads: int | None = None
     engine_urls: tuple[str, ...] = ()
     # state

@@ -7,7 +7,9 @@ Every step walks all live sequences in one order,
 
 stepping running ones and admitting waiting ones until the batch cap, the token budget or
 the KV blocks run out. While any latency-critical work is live, at most `latency_cap`
-sequences are stepped, so latency work sees small batches and short steps.
+sequences are stepped and throughput work only fills a step up to `latency_step_tokens` in
+all, so latency work sees small batches and short steps: a throughput prefill chunk of the
+full budget would otherwise stall every latency decode sharing its step.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class SchedulerConfig:
     max_batch_size: int = 64
     max_step_tokens: int = 512
     latency_cap: int = 64
+    latency_step_tokens: int = 512  # throughput fills a step to this while latency is live
 
 
 class Chunk(NamedTuple):
@@ -95,7 +98,8 @@ class Scheduler:
         cfg = self.config
         live = sorted(itertools.chain(self.running, self.waiting), key=lambda s: s.order_key)
         cap = cfg.max_batch_size
-        if any(s.is_latency for s in live):
+        latency_live = any(s.is_latency for s in live)
+        if latency_live:
             cap = min(cap, cfg.latency_cap)
         budget = cfg.max_step_tokens
         chunks: list[Chunk] = []
@@ -114,6 +118,12 @@ class Scheduler:
                     seq.admitted = True
             ctx = seq.context
             n = min(ctx.num_pending, budget)
+            if latency_live and not seq.is_latency:
+                # Latency work sorts first, so what is spent so far is its own.
+                spent = cfg.max_step_tokens - budget
+                n = min(n, max(cfg.latency_step_tokens - spent, 0))
+                if n <= 0:
+                    break
             while not self.contexts.reserve(ctx, n):
                 victim = self._victim(seq, chosen)
                 if victim is None:

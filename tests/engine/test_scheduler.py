@@ -55,6 +55,28 @@ def test_latency_work_goes_first_and_caps_the_batch():
     assert sorted(step(table, sched)) == ["t0", "t1", "t2", "t3"]
 
 
+def test_throughput_prefill_shrinks_to_the_latency_step_budget_while_latency_is_live():
+    table, sched = setup(max_step_tokens=64, latency_step_tokens=12)
+    add(table, sched, "bulk", n_tokens=40, objective="throughput")
+    add(table, sched, "chat", n_tokens=5, objective="latency")
+    plan = sched.schedule()
+    # The latency prompt (5 tokens) first; throughput fills the step up to 12 tokens in all.
+    assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("chat", 5), ("bulk", 7)]
+    for c in plan.chunks:
+        table.commit(c.seq.context, c.num_tokens)
+    sched.remove(next(s for s in sched.running if s.request_id == "chat"))
+    plan = sched.schedule()  # latency work gone: the full budget again
+    assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("bulk", 33)]
+
+
+def test_a_latency_prompt_keeps_the_full_step_budget():
+    table, sched = setup(max_step_tokens=64, latency_step_tokens=12)
+    add(table, sched, "bulk", n_tokens=8, objective="throughput")
+    add(table, sched, "chat", n_tokens=30, objective="latency")
+    plan = sched.schedule()
+    assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("chat", 30)]
+
+
 def test_priority_then_app_fifo_then_group_order():
     table, sched = setup(max_batch_size=8)
     add(table, sched, "late-app", objective="throughput", app_id="B")
