@@ -178,8 +178,17 @@ def _backend(args: argparse.Namespace) -> tuple[str, Any]:
 
 
 async def _run(app: Any, host: str, port: int, log_level: str, on_ready: Callable[[], Any]) -> int:
+    # Idle keep-alive connections outlive common clients' own expiry (httpx: 5 s), so the
+    # client closes them first: with uvicorn's default of 5 s both sides race, and a client
+    # reusing a connection the server just closed gets a connection error mid-request.
     config = uvicorn.Config(
-        app, host=host, port=port, log_level=log_level, access_log=False, lifespan="on"
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_keep_alive=75,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -137,7 +137,11 @@ def median_sample(workload: str, runs: list[dict]) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], "samples": [headline(workload, r) for r in runs]}
 
 
-def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
+def run(
+    args: argparse.Namespace,
+    progress: Callable[[str], None],
+    checkpoint: Callable[[dict], None] | None = None,
+) -> dict:
     """All systems are started first and every case runs on each system in turn, so a
     slow period of a shared machine hits all systems alike instead of one of them."""
     results: dict = {}
@@ -158,21 +162,33 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
             if s.name != "baseline-latcap" or w == "mixed"  # the latency-capped peer
         ]
         samples: dict[str, dict[str, list[dict]]] = {}
+        failures: dict[str, dict[str, list[str]]] = {}
         total = len(jobs) * args.repeat
         # Repetitions are whole passes over the plan, so a slow spell of the machine lands on
         # one sample of every case rather than on every sample of one case.
         for rep in range(args.repeat):
             for i, (workload, label, params, rtt, system) in enumerate(jobs, 1):
                 t0 = time.perf_counter()
-                res = asyncio.run(run_case(workload, params, system, rtt))
                 key = f"{workload}|{label}|rtt={int(rtt * 1000)}ms"
+                step = f"[{rep * len(jobs) + i}/{total}] {system.name:<15} {key:<48}"
+                try:
+                    res = asyncio.run(run_case(workload, params, system, rtt))
+                except Exception as exc:  # one failed run must not lose the others
+                    failures.setdefault(key, {}).setdefault(system.name, []).append(repr(exc))
+                    progress(f"{step} FAILED {exc!r}")
+                    continue
                 samples.setdefault(key, {}).setdefault(system.name, []).append(res)
-                progress(
-                    f"[{rep * len(jobs) + i}/{total}] {system.name:<15} {key:<48} "
-                    f"{headline(workload, res):8.3f}  ({time.perf_counter() - t0:.0f}s)"
-                )
+                took = time.perf_counter() - t0
+                progress(f"{step} {headline(workload, res):8.3f}  ({took:.0f}s)")
+                if checkpoint is not None:
+                    checkpoint({"samples": samples, "failures": failures})
     for key, row in samples.items():
         results[key] = {name: median_sample(key.split("|")[0], runs) for name, runs in row.items()}
+    for key, row in failures.items():
+        for name, errors in row.items():
+            progress(f"{key} {name}: {len(errors)} failed run(s): {errors[0]}")
+            if name in results.get(key, {}):
+                results[key][name]["failed_runs"] = errors
     return results
 
 
@@ -226,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
         args.systems.append("baseline-latcap")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    results = run(args, lambda line: print(line, file=sys.stderr, flush=True))
+    partial = Path(args.json).with_suffix(".partial.json")
+    results = run(
+        args,
+        lambda line: print(line, file=sys.stderr, flush=True),
+        lambda state: partial.write_text(json.dumps(state)),  # every run so far, if we die
+    )
     print(table(results))
     Path(args.json).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.json} ({time.perf_counter() - started:.0f}s)")

@@ -56,7 +56,9 @@ class ParrotApi:
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {self.api_key}"},
             timeout=httpx.Timeout(600.0),
-            limits=httpx.Limits(max_connections=512, max_keepalive_connections=512),
+            limits=httpx.Limits(
+                max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0
+            ),
         )
 
     async def _request(self, method: str, path: str, **kw) -> dict:
@@ -132,7 +134,10 @@ class OpenAIApi:
             max_retries=0,
             timeout=600.0,
             http_client=httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=512, max_keepalive_connections=512),
+                # Expire idle connections before servers with uvicorn's 5 s default drop them.
+                limits=httpx.Limits(
+                    max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0
+                ),
                 timeout=600.0,
             ),
         )
