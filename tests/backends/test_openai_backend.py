@@ -249,6 +249,22 @@ async def test_vllm_upstream() -> None:
         chunks = await _collect(engine, request)
         assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 4
         assert await engine.detokenize(ids) == "The capital of France is"
+        # Logprobs come back named by id (return_tokens_as_token_ids) and map exactly.
+        request = GenerateRequest(
+            request_id="v2",
+            context_id="v2",
+            parent_context_id="v",
+            prompt_token_ids=[],
+            sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, logprobs=2),
+            free_on_finish=True,
+        )
+        chunks = await _collect(engine, request)
+        ids_out = [t for c in chunks for t in c.token_ids]
+        logprobs = [lp for c in chunks for lp in c.logprobs or ()]
+        assert [lp.token_id for lp in logprobs] == ids_out and len(ids_out) == 4
+        for lp in logprobs:  # greedy: the sampled token is the most likely one
+            assert len(lp.top) == 2 and lp.top[0].token_id == lp.token_id
+            assert lp.logprob <= 0 and abs(lp.top[0].logprob - lp.logprob) < 1e-3
         await engine.free("v")
     finally:
         await engine.close()

@@ -228,3 +228,16 @@ async def test_parrot_engine_serves_the_simulator_over_http() -> None:
         await engine.close()
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_validation_compares_medians_over_fresh_repetitions() -> None:
+    from engine.sim.validate import Comparison, workload
+
+    c = Comparison("x", 2, real_s=[10.0, 12.0, 30.0], sim_s=[11.0, 13.0, 9.0])
+    assert c.real == 12.0 and c.sim == 11.0
+    assert abs(c.error - (-1 / 12)) < 1e-9 and abs(c.real_spread - 20 / 12) < 1e-9
+    # A repetition must not find the previous one's prompts in the engine's prefix cache.
+    for name in ("burst", "map_reduce"):
+        first, second = workload(name, 0.25, 0), workload(name, 0.25, 1)
+        ids = [call.prompt[-1] for app in first for call in app.calls]
+        assert ids != [call.prompt[-1] for app in second for call in app.calls]
