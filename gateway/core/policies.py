@@ -104,9 +104,10 @@ class CapacityFit:
 
 
 class LatencyCap:
-    """An engine running latency-critical work keeps its batch small: at most
-    `view.latency_cap` latency calls at once (the cap adapts to the measured per-token
-    latency, see `AdaptiveCap`)."""
+    """An engine running latency-critical work keeps its batch small: latency calls go to
+    engines under `view.latency_cap` of them first (the cap adapts to the measured per-token
+    latency, see `AdaptiveCap`). When every engine is at its cap the call still goes to the
+    best one (the `Placer` decides): holding it back would only add to its latency."""
 
     @staticmethod
     def admits(view: EngineView, demand: Demand) -> bool:

@@ -82,12 +82,16 @@ def test_a_held_prefix_counts_as_work_saved_not_as_a_trump_card() -> None:
     assert placed[0][1].member_id == "empty"
 
 
-def test_placer_spreads_latency_work_and_holds_it_at_the_cap() -> None:
+def test_placer_spreads_latency_work_by_the_cap_but_never_holds_it() -> None:
     a, b = EngineView("a", latency_cap=1), EngineView("b", latency_cap=1)
     ds = [demand(f"l{i}", "latency", seq=i) for i in range(3)]
     placed, held = Placer().place(ds, [a, b])
-    assert sorted(v.member_id for _, v in placed) == ["a", "b"]
-    assert [d.call_id for d in held] == ["l2"]
+    assert [v.member_id for _, v in placed] == ["a", "b", "a"]  # over the cap: least work
+    assert held == []
+    full = EngineView("full", latency_cap=1, capacity_tokens=150, latency_calls=1)
+    full.reserved_tokens = 100
+    placed, held = Placer().place([demand("l9", "latency")], [full])
+    assert placed == [] and [d.call_id for d in held] == ["l9"]  # KV, not the cap, holds it
 
 
 def test_placer_spreads_a_task_group_by_work_and_holds_what_fits_nowhere() -> None:
