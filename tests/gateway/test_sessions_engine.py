@@ -67,8 +67,12 @@ async def test_delete_frees_every_block_of_the_session(tiny_client) -> None:
     stats = await c.engine.stats()
     bs = c.engine.info.block_size
     # Only the shared prefixes (idle now, evicted LRU later) stay: they are not the session's.
-    assert stats.used_blocks == sum(-(-len(p.token_ids) // bs) for p in prefixes)
+    # Two prefixes may share their leading blocks (the second fill can hit the engine's block
+    # cache, or not, depending on timing), so their blocks are an upper bound...
+    assert 0 < stats.used_blocks <= sum(-(-len(p.token_ids) // bs) for p in prefixes)
     assert stats.num_contexts == len(prefixes) and all(p.refs == 0 for p in prefixes)
+    # ...and at least one prefix's worth of blocks stays, all of them idle prefix blocks.
+    assert stats.used_blocks >= max(-(-len(p.token_ids) // bs) for p in prefixes)
 
 
 async def test_openai_requests_join_a_session_and_share_its_prefix(tiny_client) -> None:
