@@ -20,14 +20,14 @@ import msgspec
 
 from engine.errors import EngineError, EngineUnavailable, InvalidRequest, RequestAborted
 from engine.openai.config import UpstreamConfig
-from engine.openai.errors import stream_error, upstream_error
+from engine.openai.errors import decode_event, upstream_error
 from engine.openai.history import History, HistoryTable
 from engine.openai.logprobs import TokenNames
 from engine.openai.replay import ReplayFront, send
 from engine.openai.requests import completion_body
 from engine.openai.sse import data_events
 from engine.openai.tokenizer import TextTokenizer, UpstreamTokenizer
-from engine.openai.wire import ENCODER, EVENT, MODELS, CompletionEvent, StreamChoice
+from engine.openai.wire import ENCODER, EVENT, MODELS, StreamChoice
 from engine.protocol import (
     EngineInfo,
     EngineStats,
@@ -229,7 +229,7 @@ class OpenAIEngine(ReplayFront):
                     raise upstream_error(url, response.status_code, await response.aread())
                 self._inflight[request_id] = response
                 async for payload in data_events(response.aiter_lines()):
-                    event = self._decode(url, payload)
+                    event = decode_event(EVENT, payload, "upstream", url)
                     usage = event.usage or usage
                     for choice in event.choices:
                         if choice.finish_reason is not None:
@@ -263,13 +263,3 @@ class OpenAIEngine(ReplayFront):
         yield msgspec.structs.replace(
             last, finish_reason=finish, usage=Usage(prompt_tokens, completion, cached)
         )
-
-    @staticmethod
-    def _decode(url: str, payload: bytes) -> CompletionEvent:
-        try:
-            event = EVENT.decode(payload)
-        except msgspec.MsgspecError as exc:
-            raise EngineUnavailable(f"upstream {url} sent a malformed event: {exc}") from exc
-        if event.error is not None:
-            raise stream_error(url, event.error)
-        return event

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import msgspec
 
 from engine.errors import (
@@ -12,6 +14,8 @@ from engine.errors import (
     RequestAborted,
 )
 from engine.openai.wire import ERROR, ErrorDetail
+
+T = TypeVar("T")
 
 _CONTEXT_HINTS = ("context length", "context_length", "maximum context", "too long")
 
@@ -53,3 +57,14 @@ def stream_error(url: str, error: object) -> EngineError:
         status = code if isinstance(code, int) else 500
         return upstream_error(url, status, msgspec.json.encode({"error": {"message": message}}))
     return EngineUnavailable(f"upstream {url} failed mid-stream: {error}")
+
+
+def decode_event(decoder: msgspec.json.Decoder[T], payload: bytes, who: str, url: str) -> T:
+    """One streamed event; a malformed one, or one carrying an `error`, raises."""
+    try:
+        event = decoder.decode(payload)
+    except msgspec.MsgspecError as exc:
+        raise EngineUnavailable(f"{who} {url} sent a malformed event: {exc}") from exc
+    if getattr(event, "error", None) is not None:
+        raise stream_error(url, event.error)  # type: ignore[attr-defined]
+    return event

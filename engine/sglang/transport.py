@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
-import msgspec
 
 from engine.errors import EngineError, EngineUnavailable
-from engine.openai.errors import stream_error, upstream_error
+from engine.openai.errors import decode_event, upstream_error
 from engine.openai.replay import send
 from engine.openai.sse import data_events
 from engine.openai.tokenizer import TextTokenizer, UpstreamTokenizer
@@ -108,13 +107,7 @@ class HttpTransport:
                     raise upstream_error(url, response.status_code, await response.aread())
                 self._streams[rid] = response
                 async for payload in data_events(response.aiter_lines()):
-                    try:
-                        out = OUTPUT.decode(payload)
-                    except msgspec.MsgspecError as exc:
-                        raise EngineUnavailable(f"sglang {url} sent a malformed event") from exc
-                    if out.error is not None:
-                        raise stream_error(url, out.error)
-                    yield out
+                    yield decode_event(OUTPUT, payload, "sglang", url)
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise EngineUnavailable(f"sglang {url} failed mid-stream: {exc}") from exc
         finally:
