@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from loadtest.soak_report import print_progress, print_summary, read_stats, summarize
-from loadtest.systems import free_port
+from loadtest.systems import free_port, launched, serve_command
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 PRESETS = {  # users, spawn rate, duration, sample interval, output
@@ -115,30 +115,9 @@ def _listener_pid(url: str) -> int | None:
 def started_server(serve_args: list[str], log_path: Path) -> Iterator[tuple[str, int]]:
     """`parrot serve` on a free port until ready: (root URL, pid)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), *serve_args]
     root = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 300
-            while not _ready(root):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"parrot serve did not become ready; see {log_path}")
-                time.sleep(0.5)
-            yield root, proc.pid
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _ready(root: str) -> bool:
-    with contextlib.suppress(httpx.HTTPError):
-        return httpx.get(f"{root}/ready", timeout=2.0).status_code == 200
-    return False
+    with launched(serve_command(port, serve_args), f"{root}/ready", str(log_path)) as proc:
+        yield root, proc.pid
 
 
 def locust_command(args: argparse.Namespace, root: str, report: Path) -> list[str]:

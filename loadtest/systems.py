@@ -67,21 +67,15 @@ def _model_id(base_url: str) -> str:
 
 
 @contextlib.contextmanager
-def start(name: str, log_path: str | None = None) -> Iterator[Running]:
-    port = free_port()
+def launched(
+    cmd: list[str], ready_url: str, log_path: str | None = None, env: dict | None = None
+) -> Iterator[subprocess.Popen]:
+    """A server process, from the moment `ready_url` answers 200 until the block ends."""
     log = open(log_path or os.devnull, "ab")  # noqa: SIM115 - closed below
-    if name == "vllm":
-        if not vllm_peer.available():
-            raise RuntimeError("vLLM peer not built: python -m loadtest.vllm_peer setup && export")
-        cmd, env, ready = vllm_peer.serve_command(port), vllm_peer.serve_env(), "/health"
-    else:
-        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), *FLAGS[name]]
-        env, ready = {**os.environ, "PARROT_LOG_LEVEL": "warning"}, "/ready"
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_ready(f"http://127.0.0.1:{port}{ready}", proc, timeout_s=300)
-        base = f"http://127.0.0.1:{port}/v1"
-        yield Running(name, base, _model_id(base))
+        _wait_ready(ready_url, proc, timeout_s=300)
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -90,3 +84,22 @@ def start(name: str, log_path: str | None = None) -> Iterator[Running]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def serve_command(port: int, serve_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), *serve_args]
+
+
+@contextlib.contextmanager
+def start(name: str, log_path: str | None = None) -> Iterator[Running]:
+    port = free_port()
+    if name == "vllm":
+        if not vllm_peer.available():
+            raise RuntimeError("vLLM peer not built: python -m loadtest.vllm_peer setup && export")
+        cmd, env, ready = vllm_peer.serve_command(port), vllm_peer.serve_env(), "/health"
+    else:
+        cmd = serve_command(port, FLAGS[name])
+        env, ready = {**os.environ, "PARROT_LOG_LEVEL": "warning"}, "/ready"
+    with launched(cmd, f"http://127.0.0.1:{port}{ready}", log_path, env):
+        base = f"http://127.0.0.1:{port}/v1"
+        yield Running(name, base, _model_id(base))
