@@ -76,6 +76,9 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
         help="tokens a step may hold with throughput work in it while latency work is live",
     )
     g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    g.add_argument(
+        "--step-trace", metavar="PATH", help="append a JSON line per engine step (profiling)"
+    )
 
 
 def _engine_parser(sub: Any) -> None:

@@ -33,6 +33,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     latency_cap: int = 64  # max sequences stepped while latency-critical work is live
     latency_step_tokens: int = 512  # throughput fills a step to this while latency is live
     threads: int | None = None
+    step_trace: str | None = None  # a JSON line per engine step, for profiling
     engine_urls: tuple[str, ...] = ()
     # state
     redis_url: str | None = None

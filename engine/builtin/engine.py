@@ -31,6 +31,7 @@ from engine.builtin.sampler import sample
 from engine.builtin.scheduler import Chunk, Scheduler
 from engine.builtin.sequence import Sequence
 from engine.builtin.stats import snapshot
+from engine.builtin.step_trace import StepTrace
 from engine.builtin.stops import scan
 from engine.builtin.tokenizer import IncrementalDetokenizer
 from engine.errors import (
@@ -104,6 +105,7 @@ class BuiltinEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failure: str | None = None
+        self._trace = StepTrace(options.step_trace) if options.step_trace else None
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -252,6 +254,8 @@ class BuiltinEngine:
                 self._wake.clear()
         self._fail_all(EngineUnavailable("engine is shutting down"))
         self._flush()
+        if self._trace is not None:
+            self._trace.close()
 
     def _admit(
         self, request_id: str, context_id: str, parent_id: str | None, tokens: list[int], extra: int
@@ -361,6 +365,7 @@ class BuiltinEngine:
         if not plan.chunks:
             return
         runnable = [c for c in plan.chunks if c.num_tokens]
+        started = time.monotonic()
         logits = self.runner.run(runnable) if runnable else None
         self._stats.steps += 1
         for c in plan.chunks:
@@ -372,6 +377,8 @@ class BuiltinEngine:
             picks = sample(logits, [c.seq for c in sampling], self.eos_ids)
             for c, (token, logprob) in zip(sampling, picks, strict=True):
                 self._append_token(c.seq, token, logprob)
+        if self._trace is not None:
+            self._trace.record(started, time.monotonic() - started, plan.chunks)
         for c in plan.chunks:
             if c.seq.is_fill and not c.seq.context.num_pending:
                 self._finish_fill(c)

@@ -22,3 +22,4 @@ class EngineOptions:
     num_threads: int | None = None  # torch intra-op threads; default: all cores
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0
+    step_trace: str | None = None  # a JSON-lines file of every step (engine/builtin/step_trace.py)

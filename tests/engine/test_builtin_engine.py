@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 
 import pytest
@@ -18,7 +19,7 @@ from engine.errors import (
     OutOfBlocks,
     UnknownContext,
 )
-from engine.protocol import FillRequest, GenerateRequest, SamplingParams
+from engine.protocol import FillRequest, GenerateRequest, SamplingParams, Scheduling
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -243,3 +244,37 @@ async def test_abort_by_closing_the_stream_frees_the_context(engine):
             break
         await asyncio.sleep(0.01)
     assert stats.num_contexts == 0 and stats.free_blocks == stats.total_blocks
+
+
+async def test_step_trace_splits_each_step_by_objective(tiny_model, tmp_path):
+    path = tmp_path / "steps.jsonl"
+    eng = make_engine(tiny_model, step_trace=str(path), max_step_tokens=16)
+    await eng.start()
+    try:
+        batch = GenerateRequest(
+            request_id="t",
+            context_id="t",
+            prompt_token_ids=prompt(1, 20),
+            sampling=SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True),
+            scheduling=Scheduling(objective="throughput"),
+        )
+        chat = GenerateRequest(
+            request_id="l",
+            context_id="l",
+            prompt_token_ids=prompt(2, 5),
+            sampling=SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True),
+        )
+
+        async def drain(request):
+            return [c async for c in eng.generate(request)]
+
+        await asyncio.gather(drain(batch), drain(chat))
+    finally:
+        await eng.close()
+    steps = [json.loads(line) for line in path.read_text().splitlines()]
+    # Every computed token is in the trace exactly once, under its own objective:
+    # prompt tokens plus one per generated token after the first.
+    assert sum(s["tput_tokens"] for s in steps) == 20 + 2
+    assert sum(s["lat_tokens"] for s in steps) == 5 + 2
+    assert all(s["lat_tokens"] + s["tput_tokens"] <= 16 and s["s"] >= 0 for s in steps)
+    assert [s["t"] for s in steps] == sorted(s["t"] for s in steps)
