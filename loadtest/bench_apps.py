@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,18 @@ def cases(workload: str, quick: bool) -> list[tuple[str, Any]]:
     raise ValueError(f"unknown workload {workload}")
 
 
+def fresh(params: Any, run_key: str) -> Any:
+    """The case's parameters with a seed of their own for this run, so that no run finds its
+    prompts in a prefix cache warmed by an earlier run (every system of one run gets the same
+    seed, hence the same prompts)."""
+    seed = zlib.crc32(run_key.encode())
+    if isinstance(params, tuple):
+        return tuple(fresh(p, run_key) for p in params)
+    if dataclasses.is_dataclass(params):
+        return dataclasses.replace(params, seed=seed)
+    return params
+
+
 async def _background(api: OpenAIApi, rate: float, stop: asyncio.Event, seed: int) -> int:
     """Poisson requests from other clients (200-token prompts, 25 tokens out)."""
     rng = random.Random(seed)
@@ -83,7 +97,7 @@ async def run_case(workload: str, params: Any, system: systems.Running, rtt: flo
             params, rate = params
             bg_client = OpenAIApi(system.base_url, system.model, rtt)
             stop = asyncio.Event()
-            bg = asyncio.create_task(_background(bg_client, rate, stop, seed=9))
+            bg = asyncio.create_task(_background(bg_client, rate, stop, seed=params.seed + 1))
             await asyncio.sleep(0.5)  # let the background load build up first
             res = await (
                 chain.run_parrot(parrot, params) if parrot else chain.run_baseline(plain, params)
@@ -171,8 +185,9 @@ def run(
                 t0 = time.perf_counter()
                 key = f"{workload}|{label}|rtt={int(rtt * 1000)}ms"
                 step = f"[{rep * len(jobs) + i}/{total}] {system.name:<15} {key:<48}"
+                run_params = fresh(params, f"{key}|{rep}")
                 try:
-                    res = asyncio.run(run_case(workload, params, system, rtt))
+                    res = asyncio.run(run_case(workload, run_params, system, rtt))
                 except Exception as exc:  # one failed run must not lose the others
                     failures.setdefault(key, {}).setdefault(system.name, []).append(repr(exc))
                     progress(f"{step} FAILED {exc!r}")

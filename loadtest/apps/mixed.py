@@ -68,7 +68,7 @@ def _summary(chat: list[float], apps: list[float]) -> dict:
 
 async def run_parrot(api: ParrotApi, chat: OpenAIApi, p: MixedParams) -> dict:
     def app(i: int):
-        params = map_reduce.MapReduceParams(**{**p.map_reduce.__dict__, "seed": 100 + i})
+        params = map_reduce.MapReduceParams(**{**p.map_reduce.__dict__, "seed": p.seed * 100 + i})
         return map_reduce.run_parrot(api, params, criteria="throughput")
 
     chat_lat, apps = await asyncio.gather(_chat(chat, p), _burst(app, p))
@@ -77,7 +77,7 @@ async def run_parrot(api: ParrotApi, chat: OpenAIApi, p: MixedParams) -> dict:
 
 async def run_baseline(api: OpenAIApi, p: MixedParams) -> dict:
     def app(i: int):
-        params = map_reduce.MapReduceParams(**{**p.map_reduce.__dict__, "seed": 100 + i})
+        params = map_reduce.MapReduceParams(**{**p.map_reduce.__dict__, "seed": p.seed * 100 + i})
         return map_reduce.run_baseline(api, params)
 
     chat_lat, apps = await asyncio.gather(_chat(api, p), _burst(app, p))

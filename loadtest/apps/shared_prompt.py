@@ -20,8 +20,8 @@ from loadtest.apps.text import query, system_prompt
 ROLES = ("a travel planner", "a cooking assistant", "a coding tutor", "a fitness coach")
 
 
-def template(app: int, prompt_tokens: int) -> str:
-    system = system_prompt(100 + app, prompt_tokens, ROLES[app % len(ROLES)])
+def template(app: int, prompt_tokens: int, seed: int) -> str:
+    system = system_prompt(seed * 10 + app, prompt_tokens, ROLES[app % len(ROLES)])
     return system + "\nUser: {{input:question}}\nAssistant: {{output:answer}}"
 
 
@@ -57,7 +57,7 @@ class _ParrotUser:
 
 
 async def _burst(ask, p: SharedPromptParams) -> dict:
-    tmpl = template(0, p.prompt_tokens)
+    tmpl = template(0, p.prompt_tokens, p.seed)
 
     async def one(i: int) -> float:
         t = time.perf_counter()
@@ -70,9 +70,9 @@ async def _burst(ask, p: SharedPromptParams) -> dict:
 
 
 async def _rates(ask, p: SharedPromptParams) -> dict:
-    templates = [template(a, n) for a, n in enumerate(p.app_prompt_tokens)]
+    templates = [template(a, n, p.seed) for a, n in enumerate(p.app_prompt_tokens)]
     results = {}
-    for rate in p.rates:
+    for k, rate in enumerate(p.rates):
         rng = random.Random(p.seed + int(rate * 1000))
 
         async def one(i: int, delay: float, rng_seed: int) -> float:
@@ -86,7 +86,9 @@ async def _rates(ask, p: SharedPromptParams) -> dict:
         for _ in range(p.requests_per_rate):
             delays.append(at)
             at += rng.expovariate(rate)
-        norm = await asyncio.gather(*(one(i, d, p.seed * 7919 + i) for i, d in enumerate(delays)))
+        # Every rate asks new questions: a repeated one would be served from prefix caches.
+        first = p.seed * 7919 + k * p.requests_per_rate
+        norm = await asyncio.gather(*(one(i, d, first + i) for i, d in enumerate(delays)))
         results[str(rate)] = statistics.mean(norm)
     ok = [float(r) for r, v in results.items() if v <= p.bound_s_per_token]
     return {"normalized_latency": results, "sustainable_rate": max(ok, default=0.0)}
