@@ -73,7 +73,14 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--latency-step-tokens",
         type=int,
-        help="tokens a step may hold with throughput work in it while latency work is live",
+        help="tokens a step may hold with throughput work in it while latency work is live "
+        "(default 128)",
+    )
+    g.add_argument(
+        "--throughput-share",
+        type=float,
+        help="share of step time throughput work keeps while latency work is live (default "
+        "0.1; 1 lets it into every step)",
     )
     g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     g.add_argument(

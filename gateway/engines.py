@@ -36,6 +36,7 @@ def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineCl
         max_step_tokens=settings.max_step_tokens,
         latency_cap=settings.latency_cap,
         latency_step_tokens=settings.latency_step_tokens,
+        throughput_share=settings.throughput_share,
         step_trace=settings.step_trace,
     )
 

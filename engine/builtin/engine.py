@@ -377,8 +377,10 @@ class BuiltinEngine:
             picks = sample(logits, [c.seq for c in sampling], self.eos_ids)
             for c, (token, logprob) in zip(sampling, picks, strict=True):
                 self._append_token(c.seq, token, logprob)
+        seconds = time.monotonic() - started
+        self.scheduler.observe(seconds, any(not c.seq.is_latency for c in runnable))
         if self._trace is not None:
-            self._trace.record(started, time.monotonic() - started, plan.chunks)
+            self._trace.record(started, seconds, plan.chunks)
         for c in plan.chunks:
             if c.seq.is_fill and not c.seq.context.num_pending:
                 self._finish_fill(c)

@@ -7,14 +7,18 @@ Every step walks all live sequences in one order,
 
 stepping running ones and admitting waiting ones until the batch cap, the token budget or
 the KV blocks run out. While any latency-critical work is live, at most `latency_cap`
-sequences are stepped and throughput work only fills a step up to `latency_step_tokens` in
-all, so latency work sees small batches and short steps: a throughput prefill chunk of the
-full budget would otherwise stall every latency decode sharing its step.
+sequences are stepped, and throughput work joins a step only while its share of the
+recent step time is under `throughput_share`, and then only up to `latency_step_tokens`
+tokens in all. On a CPU every extra row or prefill token lengthens the step that a
+latency-critical decode rides in (a 512-token prefill chunk makes a 30 ms decode step
+take half a second), so latency work mostly steps alone; the share keeps throughput work
+from starving under a steady stream of latency work.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -27,7 +31,15 @@ class SchedulerConfig:
     max_batch_size: int = 64
     max_step_tokens: int = 512
     latency_cap: int = 64
-    latency_step_tokens: int = 512  # throughput fills a step to this while latency is live
+    latency_step_tokens: int = 128  # a step holding throughput work while latency is live
+    throughput_share: float = 0.1  # of recent step time, throughput's while latency is live
+    share_window_s: float = 2.0  # time constant of that "recent"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.throughput_share <= 1.0:
+            raise ValueError(f"throughput_share must be in [0, 1], not {self.throughput_share}")
+        if self.share_window_s <= 0:
+            raise ValueError(f"share_window_s must be positive, not {self.share_window_s}")
 
 
 class Chunk(NamedTuple):
@@ -51,6 +63,9 @@ class Scheduler:
         self._ticket = itertools.count()
         self._first_seen: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (rank, live)
         self.num_preemptions = 0
+        # Decayed step seconds, all and those with throughput work in them (see observe()).
+        self._step_s = 0.0
+        self._throughput_s = 0.0
 
     def __len__(self) -> int:
         return len(self.waiting) + len(self.running)
@@ -90,6 +105,16 @@ class Scheduler:
         self._release_rank("app", seq.scheduling.app_id)
         self._release_rank("group", seq.scheduling.group_id)
 
+    def observe(self, seconds: float, had_throughput: bool) -> None:
+        """Account a finished step, for throughput's share of recent step time."""
+        keep = math.exp(-seconds / self.config.share_window_s)
+        self._step_s = self._step_s * keep + seconds
+        self._throughput_s = self._throughput_s * keep + (seconds if had_throughput else 0.0)
+
+    @property
+    def throughput_share(self) -> float:
+        return self._throughput_s / self._step_s if self._step_s else 0.0
+
     @property
     def num_latency_live(self) -> int:
         return sum(s.is_latency for s in itertools.chain(self.running, self.waiting))
@@ -101,6 +126,9 @@ class Scheduler:
         latency_live = any(s.is_latency for s in live)
         if latency_live:
             cap = min(cap, cfg.latency_cap)
+            throughput_turn = (
+                cfg.throughput_share >= 1.0 or self.throughput_share < cfg.throughput_share
+            )
         budget = cfg.max_step_tokens
         chunks: list[Chunk] = []
         preempted: list[Sequence] = []
@@ -122,7 +150,7 @@ class Scheduler:
                 # Latency work sorts first, so what is spent so far is its own.
                 spent = cfg.max_step_tokens - budget
                 n = min(n, max(cfg.latency_step_tokens - spent, 0))
-                if n <= 0:
+                if n <= 0 or (chunks and not throughput_turn):
                     break
             while not self.contexts.reserve(ctx, n):
                 victim = self._victim(seq, chosen)

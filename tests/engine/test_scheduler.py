@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from engine.builtin.block_manager import BlockManager
 from engine.builtin.contexts import ContextTable
 from engine.builtin.scheduler import Scheduler, SchedulerConfig
@@ -67,6 +69,47 @@ def test_throughput_prefill_shrinks_to_the_latency_step_budget_while_latency_is_
     sched.remove(next(s for s in sched.running if s.request_id == "chat"))
     plan = sched.schedule()  # latency work gone: the full budget again
     assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("bulk", 33)]
+
+
+def test_throughput_yields_latency_steps_once_it_had_its_share_of_recent_time():
+    table, sched = setup(max_step_tokens=64, latency_step_tokens=16, throughput_share=0.25)
+    add(table, sched, "bulk", n_tokens=200, objective="throughput")
+    sched.observe(1.0, had_throughput=True)  # the engine was busy with throughput work
+    add(table, sched, "chat", n_tokens=5, objective="latency")
+    assert step(table, sched) == ["chat"]  # latency steps alone: throughput had its share
+    sched.observe(0.03, had_throughput=False)
+    while sched.throughput_share >= 0.25:  # latency-only steps decay throughput's share...
+        assert step(table, sched) == ["chat"]
+        sched.observe(0.5, had_throughput=False)
+    # ...until it is below the share, when throughput joins (bounded by the step budget).
+    plan = sched.schedule()
+    assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("chat", 1), ("bulk", 15)]
+
+
+def test_throughput_runs_when_no_latency_work_can_step():
+    table, sched = setup(max_step_tokens=64, throughput_share=0.0)
+    add(table, sched, "bulk", n_tokens=10, objective="throughput")
+    assert step(table, sched) == ["bulk"]
+    sched.observe(1.0, had_throughput=True)
+    # A share of 0 holds throughput work out of every step that latency work is in...
+    add(table, sched, "chat", n_tokens=3, objective="latency")
+    assert step(table, sched) == ["chat"]
+    # ...but never idles the engine: with the latency sequence done, throughput steps.
+    sched.remove(next(s for s in sched.running if s.request_id == "chat"))
+    assert step(table, sched) == ["bulk"]
+
+
+def test_a_share_of_1_lets_throughput_into_every_step():
+    table, sched = setup(max_step_tokens=64, latency_step_tokens=16, throughput_share=1.0)
+    add(table, sched, "bulk", n_tokens=100, objective="throughput")
+    sched.observe(1.0, had_throughput=True)
+    add(table, sched, "chat", n_tokens=5, objective="latency")
+    assert step(table, sched) == ["chat", "bulk"]
+
+
+def test_scheduler_config_rejects_a_share_outside_0_1():
+    with pytest.raises(ValueError, match="throughput_share"):
+        SchedulerConfig(throughput_share=1.5)
 
 
 def test_a_latency_prompt_keeps_the_full_step_budget():
