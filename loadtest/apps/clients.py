@@ -124,6 +124,8 @@ class OpenAIApi:
     rtt_s: float = 0.0
     api_key: str = "none"
     counters: Counters = field(default_factory=Counters)
+    # Parrot's `parrot.objective` extension on every request (None: plain OpenAI requests).
+    objective: str | None = None
 
     def __post_init__(self) -> None:
         from openai import AsyncOpenAI
@@ -146,12 +148,15 @@ class OpenAIApi:
         if self.rtt_s:
             await asyncio.sleep(self.rtt_s)
         self.counters.requests += 1
+        extra: dict = {"ignore_eos": True}
+        if self.objective:
+            extra["parrot"] = {"objective": self.objective}
         r = await self._client.completions.create(
             model=self.model,
             prompt=prompt,
             max_tokens=max_tokens,
             temperature=0.0,
-            extra_body={"ignore_eos": True},
+            extra_body=extra,
         )
         self.counters.completion_tokens += r.usage.completion_tokens if r.usage else 0
         return r.choices[0].text
