@@ -51,6 +51,7 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
+    paths += _mixed_map_reduce(results, out_dir, plt)
     curves = {k: r for k, r in results.items() if k.startswith("shared_prompt|4 apps")}
     for key, row in curves.items():
         fig, ax = plt.subplots(figsize=(5, 3.4))
@@ -73,3 +74,27 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _mixed_map_reduce(results: dict, out_dir: Path, plt) -> list[Path]:
+    """The mixed workload's other half: the map-reduce apps' completion time next to chat."""
+    rows = {k.split("|", 2)[2]: r for k, r in results.items() if k.startswith("mixed|")}
+    if not rows:
+        return []
+    names = [n for n in COLORS if any(n in r for r in rows.values())]
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    width = 0.8 / max(1, len(names))
+    for j, name in enumerate(names):
+        xs = [i + j * width for i, r in enumerate(rows.values()) if name in r]
+        ys = [r[name]["map_reduce_s"] for r in rows.values() if name in r]
+        ax.bar(xs, ys, width, label=name, color=COLORS[name])
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(rows))])
+    ax.set_xticklabels(list(rows), fontsize=7)
+    ax.set_ylabel("seconds")
+    ax.set_title("mixed: map-reduce completion (lower is better)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "apps_mixed_map_reduce.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]

@@ -77,3 +77,18 @@ def test_each_run_gets_prompts_no_earlier_run_could_have_cached(workload) -> Non
     assert not {p[:200] for p in first} & {p[:200] for p in other}
     if workload == "shared_prompt":  # within a run, each rate asks new questions
         assert len(set(first)) == len(first)
+
+
+def test_plots_include_the_mixed_map_reduce_half(tmp_path) -> None:
+    from loadtest.plots import draw
+
+    run = {"chat_s_per_token": 0.05, "map_reduce_s": 12.0}
+    results = {
+        "mixed|chat 1/s + 4 map-reduce|rtt=0ms": {
+            "parrot": median_sample("mixed", [run]),
+            "baseline-latcap": median_sample("mixed", [{**run, "map_reduce_s": 14.0}]),
+        }
+    }
+    paths = draw(results, tmp_path)
+    assert {p.name for p in paths} == {"apps_mixed.png", "apps_mixed_map_reduce.png"}
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
