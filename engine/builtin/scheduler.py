@@ -12,7 +12,9 @@ recent step time is under `throughput_share`, and then only up to `latency_step_
 tokens in all. On a CPU every extra row or prefill token lengthens the step that a
 latency-critical decode rides in (a 512-token prefill chunk makes a 30 ms decode step
 take half a second), so latency work mostly steps alone; the share keeps throughput work
-from starving under a steady stream of latency work.
+from starving under a steady stream of latency work. Throughput work with a positive
+priority is exempt: the gateway gives that to a task group whose result someone awaits
+with latency (a map stage before a latency-critical reduce), which is on a latency path.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ class Scheduler:
                     seq.admitted = True
             ctx = seq.context
             n = min(ctx.num_pending, budget)
-            if latency_live and not seq.is_latency:
+            if latency_live and not seq.is_latency and seq.scheduling.priority <= 0:
                 # Latency work sorts first, so what is spent so far is its own.
                 spent = cfg.max_step_tokens - budget
                 n = min(n, max(cfg.latency_step_tokens - spent, 0))

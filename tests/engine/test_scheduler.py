@@ -86,6 +86,16 @@ def test_throughput_yields_latency_steps_once_it_had_its_share_of_recent_time():
     assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("chat", 1), ("bulk", 15)]
 
 
+def test_throughput_on_a_latency_path_is_not_held_back():
+    table, sched = setup(max_step_tokens=64, latency_step_tokens=16, throughput_share=0.0)
+    add(table, sched, "map", n_tokens=40, objective="throughput", priority=1)
+    add(table, sched, "background", n_tokens=40, objective="throughput")
+    add(table, sched, "chat", n_tokens=5, objective="latency")
+    plan = sched.schedule()
+    # The prioritized map joins with its whole prompt; background work waits for its share.
+    assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("chat", 5), ("map", 40)]
+
+
 def test_throughput_runs_when_no_latency_work_can_step():
     table, sched = setup(max_step_tokens=64, throughput_share=0.0)
     add(table, sched, "bulk", n_tokens=10, objective="throughput")
