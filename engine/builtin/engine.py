@@ -378,7 +378,7 @@ class BuiltinEngine:
             for c, (token, logprob) in zip(sampling, picks, strict=True):
                 self._append_token(c.seq, token, logprob)
         seconds = time.monotonic() - started
-        self.scheduler.observe(seconds, any(not c.seq.is_latency for c in runnable))
+        self.scheduler.observe(seconds, plan.chunks)
         if self._trace is not None:
             self._trace.record(started, seconds, plan.chunks)
         for c in plan.chunks:

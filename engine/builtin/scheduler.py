@@ -107,11 +107,12 @@ class Scheduler:
         self._release_rank("app", seq.scheduling.app_id)
         self._release_rank("group", seq.scheduling.group_id)
 
-    def observe(self, seconds: float, had_throughput: bool) -> None:
-        """Account a finished step, for throughput's share of recent step time."""
+    def observe(self, seconds: float, chunks: list[Chunk]) -> None:
+        """Account a finished step of `chunks`, for throughput's share of recent step time."""
         keep = math.exp(-seconds / self.config.share_window_s)
+        throughput = any(c.num_tokens and not c.seq.is_latency for c in chunks)
         self._step_s = self._step_s * keep + seconds
-        self._throughput_s = self._throughput_s * keep + (seconds if had_throughput else 0.0)
+        self._throughput_s = self._throughput_s * keep + (seconds if throughput else 0.0)
 
     @property
     def throughput_share(self) -> float:
@@ -128,9 +129,9 @@ class Scheduler:
         latency_live = any(s.is_latency for s in live)
         if latency_live:
             cap = min(cap, cfg.latency_cap)
-            throughput_turn = (
-                cfg.throughput_share >= 1.0 or self.throughput_share < cfg.throughput_share
-            )
+        throughput_turn = (
+            cfg.throughput_share >= 1.0 or self.throughput_share < cfg.throughput_share
+        )
         budget = cfg.max_step_tokens
         chunks: list[Chunk] = []
         preempted: list[Sequence] = []

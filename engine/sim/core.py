@@ -187,7 +187,7 @@ class SimCore:
         if plan.chunks:
             self.stats.steps += 1
             self.busy_s += duration
-            self.scheduler.observe(duration, any(not c.seq.is_latency for c in plan.chunks))
+            self.scheduler.observe(duration, plan.chunks)
         for chunk in plan.chunks:
             self.contexts.commit(chunk.seq.context, chunk.num_tokens)
         for chunk in plan.chunks:

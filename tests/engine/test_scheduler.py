@@ -34,12 +34,15 @@ def add(table, sched, name, n_tokens=3, **scheduling):
     return seq
 
 
-def step(table, sched):
+def step(table, sched, seconds=None):
+    """One step; with `seconds`, the step took that long (for throughput's time share)."""
     plan = sched.schedule()
     for c in plan.chunks:
         table.commit(c.seq.context, c.num_tokens)
         if c.sample:  # pretend a token was sampled so the sequence keeps decoding
             c.seq.context.token_ids.append(1)
+    if seconds is not None:
+        sched.observe(seconds, plan.chunks)
     return [c.seq.request_id for c in plan.chunks]
 
 
@@ -74,13 +77,12 @@ def test_throughput_prefill_shrinks_to_the_latency_step_budget_while_latency_is_
 def test_throughput_yields_latency_steps_once_it_had_its_share_of_recent_time():
     table, sched = setup(max_step_tokens=64, latency_step_tokens=16, throughput_share=0.25)
     add(table, sched, "bulk", n_tokens=200, objective="throughput")
-    sched.observe(1.0, had_throughput=True)  # the engine was busy with throughput work
+    assert step(table, sched, seconds=1.0) == ["bulk"]  # the engine was busy with throughput
     add(table, sched, "chat", n_tokens=5, objective="latency")
-    assert step(table, sched) == ["chat"]  # latency steps alone: throughput had its share
-    sched.observe(0.03, had_throughput=False)
-    while sched.throughput_share >= 0.25:  # latency-only steps decay throughput's share...
-        assert step(table, sched) == ["chat"]
-        sched.observe(0.5, had_throughput=False)
+    # Latency steps alone now: throughput had its share of the recent time...
+    assert step(table, sched, seconds=0.03) == ["chat"]
+    while sched.throughput_share >= 0.25:  # ...and latency-only steps decay that share
+        assert step(table, sched, seconds=0.5) == ["chat"]
     # ...until it is below the share, when throughput joins (bounded by the step budget).
     plan = sched.schedule()
     assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("chat", 1), ("bulk", 15)]
@@ -99,8 +101,7 @@ def test_throughput_on_a_latency_path_is_not_held_back():
 def test_throughput_runs_when_no_latency_work_can_step():
     table, sched = setup(max_step_tokens=64, throughput_share=0.0)
     add(table, sched, "bulk", n_tokens=10, objective="throughput")
-    assert step(table, sched) == ["bulk"]
-    sched.observe(1.0, had_throughput=True)
+    assert step(table, sched, seconds=1.0) == ["bulk"]
     # A share of 0 holds throughput work out of every step that latency work is in...
     add(table, sched, "chat", n_tokens=3, objective="latency")
     assert step(table, sched) == ["chat"]
@@ -112,7 +113,7 @@ def test_throughput_runs_when_no_latency_work_can_step():
 def test_a_share_of_1_lets_throughput_into_every_step():
     table, sched = setup(max_step_tokens=64, latency_step_tokens=16, throughput_share=1.0)
     add(table, sched, "bulk", n_tokens=100, objective="throughput")
-    sched.observe(1.0, had_throughput=True)
+    assert step(table, sched, seconds=1.0) == ["bulk"]
     add(table, sched, "chat", n_tokens=5, objective="latency")
     assert step(table, sched) == ["chat", "bulk"]
 
