@@ -16,6 +16,11 @@ import httpx
 PLACEHOLDER = re.compile(r"\{\{(input|output):([A-Za-z_][A-Za-z0-9_]*)\}\}")
 
 
+# Idle connections expire before servers with uvicorn's 5 s default drop them: reusing one
+# the server has just closed fails the request.
+LIMITS = httpx.Limits(max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0)
+
+
 @dataclass(frozen=True, slots=True)
 class Var:
     """A semantic variable already in the session (an earlier call's output)."""
@@ -56,9 +61,7 @@ class ParrotApi:
             base_url=self.base_url,
             headers={"Authorization": f"Bearer {self.api_key}"},
             timeout=httpx.Timeout(600.0),
-            limits=httpx.Limits(
-                max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0
-            ),
+            limits=LIMITS,
         )
 
     async def _request(self, method: str, path: str, **kw) -> dict:
@@ -136,10 +139,7 @@ class OpenAIApi:
             max_retries=0,
             timeout=600.0,
             http_client=httpx.AsyncClient(
-                # Expire idle connections before servers with uvicorn's 5 s default drop them.
-                limits=httpx.Limits(
-                    max_connections=512, max_keepalive_connections=512, keepalive_expiry=2.0
-                ),
+                limits=LIMITS,
                 timeout=600.0,
             ),
         )

@@ -9,6 +9,7 @@ latency (s per output token) and the map-reduce apps' mean completion time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import statistics
 import time
@@ -58,6 +59,11 @@ async def _burst(run_app, p: MixedParams) -> list[float]:
     return [r["e2e_s"] for r in results]
 
 
+def _app_params(p: MixedParams, i: int) -> map_reduce.MapReduceParams:
+    """The i-th map-reduce app's document: its own, drawn from the run's seed."""
+    return dataclasses.replace(p.map_reduce, seed=p.seed * 100 + i)
+
+
 def _summary(chat: list[float], apps: list[float]) -> dict:
     return {
         "chat_s_per_token": statistics.mean(chat),
@@ -68,8 +74,7 @@ def _summary(chat: list[float], apps: list[float]) -> dict:
 
 async def run_parrot(api: ParrotApi, chat: OpenAIApi, p: MixedParams) -> dict:
     def app(i: int):
-        params = map_reduce.MapReduceParams(**{**p.map_reduce.__dict__, "seed": p.seed * 100 + i})
-        return map_reduce.run_parrot(api, params, criteria="throughput")
+        return map_reduce.run_parrot(api, _app_params(p, i), criteria="throughput")
 
     chat_lat, apps = await asyncio.gather(_chat(chat, p), _burst(app, p))
     return _summary(chat_lat, apps)
@@ -77,8 +82,7 @@ async def run_parrot(api: ParrotApi, chat: OpenAIApi, p: MixedParams) -> dict:
 
 async def run_baseline(api: OpenAIApi, p: MixedParams) -> dict:
     def app(i: int):
-        params = map_reduce.MapReduceParams(**{**p.map_reduce.__dict__, "seed": p.seed * 100 + i})
-        return map_reduce.run_baseline(api, params)
+        return map_reduce.run_baseline(api, _app_params(p, i))
 
     chat_lat, apps = await asyncio.gather(_chat(api, p), _burst(app, p))
     return _summary(chat_lat, apps)

@@ -7,6 +7,7 @@ import asyncio
 import os
 
 import httpx
+import msgspec
 import pytest
 from backend_support import serve
 
@@ -238,27 +239,14 @@ async def test_vllm_upstream() -> None:
     try:
         ids = await engine.tokenize("The capital of France is")
         await engine.fill(FillRequest(context_id="v", token_ids=ids))
-        request = GenerateRequest(
-            request_id="v1",
-            context_id="v1",
-            parent_context_id="v",
-            prompt_token_ids=[],
-            sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
-            free_on_finish=True,
-        )
-        chunks = await _collect(engine, request)
+        greedy = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+        forked = {"parent_context_id": "v", "prompt_token_ids": [], "free_on_finish": True}
+        chunks = await _collect(engine, _request("v1", "v1", sampling=greedy, **forked))
         assert chunks[-1].finish_reason == "length" and chunks[-1].usage.completion_tokens == 4
         assert await engine.detokenize(ids) == "The capital of France is"
         # Logprobs come back named by id (return_tokens_as_token_ids) and map exactly.
-        request = GenerateRequest(
-            request_id="v2",
-            context_id="v2",
-            parent_context_id="v",
-            prompt_token_ids=[],
-            sampling=SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, logprobs=2),
-            free_on_finish=True,
-        )
-        chunks = await _collect(engine, request)
+        with_logprobs = msgspec.structs.replace(greedy, logprobs=2)
+        chunks = await _collect(engine, _request("v2", "v2", sampling=with_logprobs, **forked))
         ids_out = [t for c in chunks for t in c.token_ids]
         logprobs = [lp for c in chunks for lp in c.logprobs or ()]
         assert [lp.token_id for lp in logprobs] == ids_out and len(ids_out) == 4
