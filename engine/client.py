@@ -13,6 +13,8 @@ from engine.protocol import (
     FillResult,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
 )
 
 
@@ -44,6 +46,10 @@ class EngineClient(Protocol):
         """Stream chunks; closing the iterator early aborts the request."""
 
     async def abort(self, request_id: str) -> None: ...
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        """New scheduling for the work in flight on a context; engines without a scheduler
+        of their own (echo, an OpenAI upstream) answer found=False."""
 
     async def free(self, context_id: str) -> None: ...
 

@@ -19,6 +19,8 @@ from engine.protocol import (
     FillResult,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
     Usage,
 )
 
@@ -113,6 +115,9 @@ class EchoEngine:
 
     async def abort(self, request_id: str) -> None:
         return None
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        return Rescheduled(False)  # answers at once: nothing waits to be scheduled
 
     async def free(self, context_id: str) -> None:
         if context_id not in self._contexts:

@@ -2,7 +2,8 @@
 
 The protocol is context-oriented: a context is a token sequence with its KV cache. `fill`
 extends one (creating it, optionally as a fork of a parent), `generate` samples tokens into
-it, `free` releases it. Forked contexts share the parent's KV blocks.
+it, `free` releases it, `reschedule` changes the scheduling of the work in flight on it.
+Forked contexts share the parent's KV blocks.
 """
 
 from __future__ import annotations
@@ -83,6 +84,27 @@ class Scheduling(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     priority: int = 0  # higher runs first within an objective class
     group_id: str | None = None  # a task group: admitted and batched together
     app_id: str | None = None  # app-FIFO: work of apps that started earlier goes first
+
+
+def outranks(a: Scheduling, b: Scheduling) -> bool:
+    """Whether work scheduled as `a` runs before work scheduled as `b` (latency first)."""
+    return (a.objective == "latency", a.priority) > (b.objective == "latency", b.priority)
+
+
+class RescheduleRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Run the work in flight on `context_id` (its fill or generate) under new scheduling.
+
+    Objectives are deduced from GETs, which may arrive after a call was sent: a client
+    that starts waiting with `criteria=latency` must not leave the call queued as
+    background work.
+    """
+
+    context_id: str
+    scheduling: Scheduling
+
+
+class Rescheduled(msgspec.Struct, frozen=True):
+    found: bool  # False: nothing in flight there (finished already), or no local scheduler
 
 
 class FillRequest(msgspec.Struct, frozen=True, kw_only=True):

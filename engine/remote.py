@@ -19,6 +19,8 @@ from engine.protocol import (
     FillResult,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
 )
 from engine.server import (
     JSON,
@@ -37,7 +39,16 @@ _CHUNK = msgspec.json.Decoder(GenerateChunk)
 _ERROR = msgspec.json.Decoder(ErrorInfo)
 _DECODERS: dict[type, msgspec.json.Decoder[Any]] = {
     t: msgspec.json.Decoder(t)
-    for t in (EngineInfo, EngineStats, FillResult, TokenIds, Text, RequestId, ContextId)
+    for t in (
+        EngineInfo,
+        EngineStats,
+        FillResult,
+        TokenIds,
+        Text,
+        RequestId,
+        ContextId,
+        Rescheduled,
+    )
 }
 _HEADERS = {"content-type": JSON}
 
@@ -148,6 +159,9 @@ class RemoteEngine:
 
     async def abort(self, request_id: str) -> None:
         await self._call("POST", "/engine/abort", RequestId(request_id), RequestId)
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        return await self._call("POST", "/engine/reschedule", request, Rescheduled)
 
     async def free(self, context_id: str) -> None:
         await self._call("POST", "/engine/free", ContextId(context_id), ContextId)

@@ -27,6 +27,7 @@ from engine.protocol import (
     FillRequest,
     GenerateChunk,
     GenerateRequest,
+    RescheduleRequest,
 )
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ _BODIES = (
     RenderChatBody,
     RequestId,
     ContextId,
+    RescheduleRequest,
 )
 _DECODERS: dict[type, msgspec.json.Decoder[Any]] = {t: msgspec.json.Decoder(t) for t in _BODIES}
 
@@ -188,6 +190,12 @@ async def abort(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json(body)
 
 
+@post("/engine/reschedule", status_code=200)
+async def reschedule(request: Request[Any, Any, Any]) -> Response[bytes]:
+    body: RescheduleRequest = await _decode(request, RescheduleRequest)
+    return _json(await _engine(request).reschedule(body))
+
+
 @post("/engine/free", status_code=200)
 async def free(request: Request[Any, Any, Any]) -> Response[bytes]:
     body: ContextId = await _decode(request, ContextId)
@@ -263,6 +271,7 @@ def create_engine_app(engine: EngineClient) -> Litestar:
             fill,
             generate,
             abort,
+            reschedule,
             free,
             stats,
             info,

@@ -24,7 +24,10 @@ from engine.protocol import (
     FillRequest,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
     SamplingParams,
+    Scheduling,
 )
 from engine.remote import RemoteEngine
 from engine.server import create_engine_app
@@ -42,6 +45,11 @@ class SlowEngine(EchoEngine):
     def __init__(self) -> None:
         super().__init__(engine_id="slow-0")
         self.closed: list[str] = []
+        self.rescheduled: list[RescheduleRequest] = []
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        self.rescheduled.append(request)
+        return Rescheduled(request.context_id == "live")
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         try:
@@ -140,6 +148,22 @@ async def test_fill_fork_free(remote: RemoteEngine) -> None:
     with pytest.raises(UnknownContext) as info:
         await remote.free("parent")
     assert info.value.status == 404
+
+
+async def test_reschedule_carries_the_new_scheduling(
+    engines: tuple[str, str, SlowEngine],
+) -> None:
+    engine = RemoteEngine(engines[1])
+    await engine.start()
+    try:
+        latency = Scheduling(objective="latency", priority=1, group_id="g", app_id="t/s")
+        request = RescheduleRequest(context_id="live", scheduling=latency)
+        assert await engine.reschedule(request) == Rescheduled(True)
+        gone = RescheduleRequest(context_id="gone", scheduling=Scheduling())
+        assert await engine.reschedule(gone) == Rescheduled(False)
+    finally:
+        await engine.close()
+    assert engines[2].rescheduled[-2:] == [request, gone]
 
 
 async def test_errors_are_rebuilt(remote: RemoteEngine) -> None:

@@ -53,6 +53,8 @@ from engine.protocol import (
     FillResult,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
     Usage,
 )
 from kernels import dispatch
@@ -203,6 +205,16 @@ class BuiltinEngine:
 
     async def abort(self, request_id: str) -> None:
         self._submit(lambda: self._abort(request_id))
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        future = asyncio.get_running_loop().create_future()
+
+        def command() -> None:
+            found = self.scheduler.reschedule(request.context_id, request.scheduling)
+            self._post(_resolve, (future, Rescheduled(found)))
+
+        self._submit(command)
+        return await future
 
     async def free(self, context_id: str) -> None:
         future = asyncio.get_running_loop().create_future()

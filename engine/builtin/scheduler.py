@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from engine.builtin.contexts import ContextTable
 from engine.builtin.sequence import Sequence, Status
+from engine.protocol import Scheduling
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,13 +90,30 @@ class Scheduler:
             self._first_seen[(kind, name)] = (rank, live - 1)
 
     def add(self, seq: Sequence) -> None:
+        self._order(seq)
+        seq.status = Status.WAITING
+        self.waiting.append(seq)
+
+    def _order(self, seq: Sequence) -> None:
         s = seq.scheduling
         group = self._rank("group", s.group_id)
         # A group outside any app still keeps its members together.
         app = self._rank("app", s.app_id) if s.app_id is not None or s.group_id is None else group
         seq.order_key = (0 if seq.is_latency else 1, -s.priority, app, group, next(self._ticket))
-        seq.status = Status.WAITING
-        self.waiting.append(seq)
+
+    def reschedule(self, context_id: str, scheduling: Scheduling) -> bool:
+        """Rank the live sequence on `context_id` anew (a GET promoted it); False if none.
+
+        A running sequence stays running: the next `schedule()` sorts it by its new key.
+        """
+        for seq in itertools.chain(self.running, self.waiting):
+            if seq.context.context_id == context_id:
+                self._release_rank("app", seq.scheduling.app_id)
+                self._release_rank("group", seq.scheduling.group_id)
+                seq.scheduling = scheduling
+                self._order(seq)
+                return True
+        return False
 
     def remove(self, seq: Sequence) -> None:
         """Drop a finished or aborted sequence (releasing nothing of its context)."""

@@ -36,6 +36,8 @@ from engine.protocol import (
     FinishReason,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
     Usage,
 )
 
@@ -160,6 +162,9 @@ class OpenAIEngine(ReplayFront):
         if response is not None:
             self._aborted.add(request_id)
             await response.aclose()  # the upstream aborts on disconnect
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        return Rescheduled(False)  # the OpenAI API has no way to re-rank a request
 
     async def stats(self) -> EngineStats:
         s = self._stats

@@ -26,6 +26,8 @@ from engine.protocol import (
     FillResult,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
     SamplingParams,
     Scheduling,
     Usage,
@@ -149,6 +151,11 @@ class SGLangEngine(ReplayFront):
             return
         self._aborted.add(request_id)
         await self.transport.abort(rid_of(request_id))
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        # The plugin ranks a request by the tag it arrived with; SGLang offers no call that
+        # changes a queued request's tag, so a promotion reaches only later requests.
+        return Rescheduled(False)
 
     async def stats(self) -> EngineStats:
         s = self._stats

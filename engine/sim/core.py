@@ -165,6 +165,9 @@ class SimCore:
     def free(self, context_id: str) -> None:
         self.contexts.free(context_id)
 
+    def reschedule(self, context_id: str, scheduling: Scheduling) -> bool:
+        return self.scheduler.reschedule(context_id, scheduling)
+
     # ---- stepping ----------------------------------------------------------------------
 
     def step(self) -> StepResult:

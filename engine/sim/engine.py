@@ -24,6 +24,8 @@ from engine.protocol import (
     FillResult,
     GenerateChunk,
     GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
 )
 from engine.sim.core import SimCore
 from engine.sim.profile import CostProfile
@@ -155,6 +157,12 @@ class SimEngine:
 
     async def free(self, context_id: str) -> None:
         self.core.free(context_id)
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        self._check_running()
+        found = self.core.reschedule(request.context_id, request.scheduling)
+        self._wake.set()
+        return Rescheduled(found)
 
     async def stats(self) -> EngineStats:
         return self.core.snapshot()

@@ -28,7 +28,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from engine.errors import EngineError
-from engine.protocol import FillRequest, Scheduling
+from engine.protocol import FillRequest, RescheduleRequest, Scheduling, outranks
 from gateway.core.config import CoreConfig
 from gateway.core.entries import Entry
 from gateway.pool.members import Member
@@ -170,11 +170,18 @@ class ContextManager:
             self._counter += 1
             ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             entry = Entry(
-                member, f"px-{self._replica}-{self._counter}", tokens, key=key, ready=ready
+                member,
+                f"px-{self._replica}-{self._counter}",
+                tokens,
+                key=key,
+                ready=ready,
+                fill_scheduling=scheduling,
             )
             self._prefixes[slot] = entry
             # Its own task: a caller cancelled mid-fill must not strand the other waiters.
             self._track(self._fill(entry, scheduling))
+        else:
+            self.promote_fill(member, key, scheduling)
         self._acquire(entry)
         try:
             if entry.ready is not None:
@@ -206,6 +213,31 @@ class ContextManager:
                 await member.engine.free(entry.context_id)
             return
         entry.ready.set_result(None)
+
+    # ---- promotion -----------------------------------------------------------------
+
+    def promote_fill(self, member: Member, key: bytes | None, scheduling: Scheduling) -> None:
+        """A call that needs prefix `key` on `member` now runs as `scheduling`: a fill of it
+        still in flight must not run less urgently (a latency call would wait on it)."""
+        entry = self._prefixes.get((member.member_id, key)) if key is not None else None
+        if entry is None or entry.ready is None or entry.ready.done():
+            return
+        if entry.fill_scheduling is not None and not outranks(scheduling, entry.fill_scheduling):
+            return
+        entry.fill_scheduling = scheduling
+        self.reschedule(member, entry.context_id, scheduling)
+
+    def reschedule(self, member: Member, context_id: str, scheduling: Scheduling) -> None:
+        """Tell the engine, in the background, to run the work on `context_id` anew."""
+        self._track(self._reschedule(member, context_id, scheduling))
+
+    async def _reschedule(self, member: Member, context_id: str, scheduling: Scheduling) -> None:
+        try:
+            await member.engine.reschedule(
+                RescheduleRequest(context_id=context_id, scheduling=scheduling)
+            )
+        except EngineError as exc:  # e.g. the engine went away: the call's retry sees that
+            log.debug("could not reschedule %s: %s", context_id, exc)
 
     # ---- eviction ------------------------------------------------------------------
 

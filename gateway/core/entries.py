@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from hashlib import blake2b
 
+from engine.protocol import Scheduling
 from gateway.pool.members import Member
 
 
@@ -34,6 +35,7 @@ class Entry:
     parent: Entry | None = None
     refs: int = 0
     ready: asyncio.Future[None] | None = None
+    fill_scheduling: Scheduling | None = None  # prefix entries: what the fill runs as
     last_used: float = field(default_factory=time.monotonic)
     evicted: bool = False
 

@@ -105,9 +105,8 @@ class Executor:
             return "retry"
         except EngineError as exc:
             raise CallError(from_engine(exc)) from exc
-        scheduling = self.scheduling(call)
-        lease = await self._lease(call, member, stages[0], scheduling)
-        context_id = f"call-{call.call_id}"
+        lease = await self._lease(call, member, stages[0], self.scheduling(call))
+        context_id = call.context_id
         parent = lease.context_id if lease is not None else None
         tokens = list(stages[0])
         pending = stages[0][len(lease.token_ids) :] if lease is not None else stages[0]
@@ -127,7 +126,7 @@ class Executor:
                     parent_context_id=parent if k == 0 else None,
                     prompt_token_ids=pending,
                     sampling=slot.sampling,
-                    scheduling=scheduling,
+                    scheduling=self.scheduling(call),  # a GET may have promoted the call
                 )
                 started = True
                 generated = await self._generate(member, request, slot, call.objective)

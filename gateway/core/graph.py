@@ -110,10 +110,16 @@ class Call:
     state: CallState = CallState.WAITING
     missing: int = 0  # inputs not ready yet
     latency_goal: bool = False  # a GET asked for latency downstream of this call
+    awaited: bool = False  # a GET waits on this call's output or one downstream of it
     group_id: str | None = None
     attempts: int = 0
     scheduling: Scheduling | None = None  # fixed when the call is placed on an engine
     task: asyncio.Task[None] | None = None
+
+    @property
+    def context_id(self) -> str:
+        """The engine context the call generates into."""
+        return f"call-{self.call_id}"
 
     @property
     def input_vars(self) -> list[Variable]:

@@ -36,6 +36,21 @@ def _mark(variables: Iterable[Variable]) -> list[Call]:
     return changed
 
 
+def upstream_calls(variable: Variable) -> list[Call]:
+    """The call producing `variable` and every call it transitively depends on."""
+    calls: list[Call] = []
+    seen: set[int] = set()
+    stack = [variable]
+    while stack:
+        call = stack.pop().producer
+        if call is None or id(call) in seen:
+            continue
+        seen.add(id(call))
+        calls.append(call)
+        stack.extend(call.input_vars)
+    return calls
+
+
 def request_criteria(variable: Variable, criteria: Objective | None) -> list[Call]:
     """A client waits on `variable` with `criteria`; returns the calls newly marked latency."""
     if criteria is None:

@@ -7,25 +7,28 @@ changes (a call becomes ready, a call finishes, a session's GET arrives), never 
                             admit, Isolation + LeastWork rank)──> task
 
 A call ready at submission is held briefly, until its session has been quiet for
-`admission_quiet_s` (at most `admission_max_hold_s`), or until the session GETs a value:
-the whole burst of submissions is seen before dispatch, so objectives and task groups are
-known. A call that becomes ready later (its inputs were generated) goes at once.
+`admission_quiet_s` (at most `admission_max_hold_s`), or until a GET waits on its output
+(or on one downstream of it): the whole burst of submissions is seen before dispatch, so
+objectives and task groups are known. A call that becomes ready later (its inputs were
+generated) goes at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from engine.protocol import Scheduling
+from engine.protocol import Scheduling, outranks
 from gateway.core.config import CoreConfig
 from gateway.core.contexts import ContextManager
 from gateway.core.entries import prefix_key
-from gateway.core.graph import Call, CallState, SessionGraph, Variable
+from gateway.core.graph import Call, CallState, Variable
+from gateway.core.objectives import upstream_calls
 from gateway.core.policies import (
     UNKNOWN_CAPACITY,
     AdaptiveCap,
@@ -135,10 +138,40 @@ class Scheduler:
         self._queue[call.call_id] = call
         self.kick()
 
-    def release(self, session: SessionGraph) -> None:
-        """The session is waiting on a result: its held calls need not wait any longer."""
-        session.last_submit = float("-inf")
+    def release(self, variable: Variable) -> None:
+        """A client waits on `variable`: the calls it needs need not be held any longer.
+
+        Only those: other calls of the session may belong to clients whose own GETs are
+        still on the way (several users sharing one session), and a GET that arrives while
+        a call is held still sets its objective; once dispatched the objective is fixed.
+        """
+        for call in upstream_calls(variable):
+            call.awaited = True
         self.kick()
+
+    def promote(self, calls: list[Call]) -> None:
+        """GETs changed these calls' objectives; those already on an engine are re-ranked
+        there (their generate and any prefix fill they wait on). Queued calls need nothing:
+        their objective is read when they are placed."""
+        for call in calls:
+            running = self._running.get(call.call_id)
+            member = self._pool.get(running.member_id) if running is not None else None
+            if running is None or member is None or call.scheduling is None:
+                continue
+            scheduling = Scheduling(
+                objective=call.objective,
+                priority=call.priority,
+                group_id=call.group_id,
+                app_id=call.session.app_id,
+            )
+            if not outranks(scheduling, call.scheduling):
+                continue
+            call.scheduling = scheduling
+            running.demand = dataclasses.replace(
+                running.demand, objective=scheduling.objective, priority=scheduling.priority
+            )
+            self._contexts.promote_fill(member, running.demand.prefix_key, scheduling)
+            self._contexts.reschedule(member, call.context_id, scheduling)
 
     def forget(self, call: Call) -> None:
         self._queue.pop(call.call_id, None)
@@ -151,6 +184,8 @@ class Scheduler:
     # ---- the drain -------------------------------------------------------------------
 
     def _eligible_at(self, call: Call) -> float:
+        if call.awaited:
+            return float("-inf")
         cfg = self._config
         return min(
             call.session.last_submit + cfg.admission_quiet_s,

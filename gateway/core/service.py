@@ -154,8 +154,9 @@ class ParrotCore:
 
     def expect(self, graph: SessionGraph, variable: Variable, criteria: Criteria | None) -> None:
         """A client now waits on `variable`: deduce objectives, release held calls."""
-        request_criteria(variable, criteria)
-        self.scheduler.release(graph)
+        promoted = request_criteria(variable, criteria)
+        self.scheduler.release(variable)
+        self.scheduler.promote(promoted)
 
     def _answer(self, graph: SessionGraph, variable: Variable) -> VariableView:
         if graph.closed:

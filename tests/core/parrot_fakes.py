@@ -20,7 +20,15 @@ import uvicorn
 
 from engine.echo import EchoEngine
 from engine.errors import InvalidRequest
-from engine.protocol import FillRequest, FillResult, GenerateChunk, GenerateRequest, Usage
+from engine.protocol import (
+    FillRequest,
+    FillResult,
+    GenerateChunk,
+    GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
+    Usage,
+)
 
 
 @dataclass
@@ -43,6 +51,8 @@ class CopyFakeEngine(EchoEngine):
         self.seen: list[Seen] = []
         self.fail_on: str | None = None  # a generate whose context contains this fails
         self.delay_s = 0.0  # per generate, before the reply (lets work overlap)
+        self.fill_delay_s = 0.0  # per fill, before it completes
+        self.rescheduled: list[RescheduleRequest] = []
         self.started = asyncio.Event()
 
     def _record(self, kind: str, request: Any, context_id: str, parent: str | None) -> None:
@@ -53,7 +63,13 @@ class CopyFakeEngine(EchoEngine):
     async def fill(self, request: FillRequest) -> FillResult:
         result = await super().fill(request)
         self._record("fill", request, request.context_id, request.parent_context_id)
+        if self.fill_delay_s:
+            await asyncio.sleep(self.fill_delay_s)
         return result
+
+    async def reschedule(self, request: RescheduleRequest) -> Rescheduled:
+        self.rescheduled.append(request)
+        return Rescheduled(True)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateChunk]:
         prompt = request.prompt_token_ids or list((request.prompt_text or "").encode())

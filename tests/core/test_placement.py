@@ -39,6 +39,33 @@ async def test_a_get_right_after_submission_sets_the_objective_before_dispatch(s
         assert seen["<<a>> "].app_id == f"{TENANT}/{sid}"
 
 
+async def test_a_get_after_dispatch_promotes_the_call_and_the_prefix_fill_it_waits_on(services):
+    fake = CopyFakeEngine("e0")
+    fake.fill_delay_s = 0.3  # the shared prefix is still filling when the GETs arrive
+    fake.delay_s = 0.3
+    # No admission window: both calls are sent before any GET (a slow or busy client).
+    async with services([fake], admission_quiet_s=0.0, admission_max_hold_s=0.0) as s:
+        core = s.core
+        sid = (await core.create_session(TENANT)).session_id
+        template = SYSTEM + "<<{{input:x}}>> {{output:y}}"
+        (a,) = await core.submit(sid, TENANT, [call(template, x="a")], False)
+        (b,) = await core.submit(sid, TENANT, [call(template, x="b")], False)
+        while not any(seen.kind == "fill" for seen in fake.seen):
+            await asyncio.sleep(0.01)
+        view = await core.get_variable(sid, TENANT, a.outputs["y"], "latency", 5)
+        assert view.value == "A"
+        await core.get_variable(sid, TENANT, b.outputs["y"], None, 5)
+    (fill,) = [seen for seen in fake.seen if seen.kind == "fill"]
+    assert fill.objective == "throughput"  # sent before anyone asked for latency
+    promoted = {r.context_id: r.scheduling for r in fake.rescheduled}
+    # The prefix fill that the call waits on, then the call's own generate.
+    assert promoted.keys() == {fill.context_id, f"call-{a.id}"}
+    assert {sch.objective for sch in promoted.values()} == {"latency"}
+    seen = {g.text: g for g in fake.generates()}
+    assert seen[SYSTEM + "<<a>> "].objective == "latency"  # sent after the GET: as promoted
+    assert seen[SYSTEM + "<<b>> "].objective == "throughput"
+
+
 async def test_a_task_group_is_tagged_as_one_and_spread_over_the_engines(services):
     fakes = engines()
     for fake in fakes:

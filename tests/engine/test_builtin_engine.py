@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 
@@ -19,7 +20,14 @@ from engine.errors import (
     OutOfBlocks,
     UnknownContext,
 )
-from engine.protocol import FillRequest, GenerateRequest, SamplingParams, Scheduling
+from engine.protocol import (
+    FillRequest,
+    GenerateRequest,
+    Rescheduled,
+    RescheduleRequest,
+    SamplingParams,
+    Scheduling,
+)
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -27,7 +35,7 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 def make_engine(model, **options) -> BuiltinEngine:
     sched = {
         k: options.pop(k)
-        for k in ("max_batch_size", "max_step_tokens", "latency_cap")
+        for k in ("max_batch_size", "max_step_tokens", "latency_cap", "throughput_share")
         if k in options
     }
     options.setdefault("dtype", "float32")
@@ -244,6 +252,47 @@ async def test_abort_by_closing_the_stream_frees_the_context(engine):
             break
         await asyncio.sleep(0.01)
     assert stats.num_contexts == 0 and stats.free_blocks == stats.total_blocks
+
+
+async def test_a_rescheduled_request_runs_as_latency_work(tiny_model):
+    # A share of 0: throughput work does not step at all while latency work is live.
+    eng = make_engine(tiny_model, throughput_share=0.0)
+    await eng.start()
+    finished: list[str] = []
+
+    async def drain(rid: str, max_tokens: int, objective: str) -> None:
+        request = GenerateRequest(
+            request_id=rid,
+            context_id=rid,
+            prompt_token_ids=prompt(len(rid), 6),
+            sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True),
+            scheduling=Scheduling(objective=objective),
+            free_on_finish=True,
+        )
+        async for _ in eng.generate(request):
+            pass
+        finished.append(rid)
+
+    try:
+        chat = asyncio.create_task(drain("chat", 1500, "latency"))
+        late = asyncio.create_task(drain("late", 4, "throughput"))
+        while (await eng.stats()).num_running + (await eng.stats()).num_waiting < 2:
+            await asyncio.sleep(0.001)
+        assert not finished  # the chat is far from done; "late" has not stepped
+        promoted = await eng.reschedule(
+            RescheduleRequest(context_id="late", scheduling=Scheduling(objective="latency"))
+        )
+        assert promoted == Rescheduled(True)
+        await late
+        assert finished == ["late"]  # promoted, it decodes beside the chat and ends first
+        assert (await eng.stats()).num_latency_running == 1
+        chat.cancel()  # closing its stream aborts it
+        with contextlib.suppress(asyncio.CancelledError):
+            await chat
+        gone = RescheduleRequest(context_id="late", scheduling=Scheduling())
+        assert await eng.reschedule(gone) == Rescheduled(False)
+    finally:
+        await eng.close()
 
 
 async def test_step_trace_splits_each_step_by_objective(tiny_model, tmp_path):

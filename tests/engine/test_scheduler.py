@@ -98,6 +98,21 @@ def test_throughput_on_a_latency_path_is_not_held_back():
     assert [(c.seq.request_id, c.num_tokens) for c in plan.chunks] == [("chat", 5), ("map", 40)]
 
 
+def test_a_rescheduled_sequence_is_ranked_by_its_new_scheduling():
+    table, sched = setup(max_step_tokens=64, latency_step_tokens=16, throughput_share=0.0)
+    add(table, sched, "chat", n_tokens=5, objective="latency")
+    add(table, sched, "late-get", n_tokens=5, objective="throughput", app_id="A")
+    assert step(table, sched, seconds=0.1) == ["chat"]  # held back: a share of 0
+    # The client's GET with criteria=latency arrives after the request was sent.
+    assert sched.reschedule("late-get", Scheduling(objective="latency", app_id="A"))
+    assert step(table, sched) == ["chat", "late-get"]
+    assert sched.num_latency_live == 2
+    assert not sched.reschedule("no-such-context", Scheduling())
+    # The app's rank was handed over, not leaked: removing the sequence forgets it.
+    sched.remove(next(s for s in sched.running if s.request_id == "late-get"))
+    assert ("app", "A") not in sched._first_seen
+
+
 def test_throughput_runs_when_no_latency_work_can_step():
     table, sched = setup(max_step_tokens=64, throughput_share=0.0)
     add(table, sched, "bulk", n_tokens=10, objective="throughput")
