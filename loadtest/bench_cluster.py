@@ -73,11 +73,16 @@ class ParrotRouter:
             objective=call.objective,
             app_rank=self._app_ranks.get(call.app_id, NOT_STARTED),
             seq=call.seq,
-            est_tokens=len(call.prompt_ids) - call.prefix_tokens + call.output_tokens,
+            est_tokens=len(call.prompt_ids)
+            - call.prefix_tokens
+            - call.run_tokens
+            + call.output_tokens,
             priority=call.priority,
             group_id=call.group,
             prefix_key=key,
             prefix_tokens=call.prefix_tokens,
+            run_key=call.run_key.encode() if call.run_key else None,
+            run_tokens=call.run_tokens,
         )
 
     async def acquire(self, call: CallView) -> int:
@@ -118,8 +123,9 @@ class ParrotRouter:
             call, future = self._waiting.pop(demand.seq)
             engine = int(view.member_id)
             self._app_ranks.setdefault(call.app_id, len(self._app_ranks))
-            if demand.prefix_key is not None:
-                self._prefixes[engine].add(demand.prefix_key)
+            for key in (demand.prefix_key, demand.run_key):
+                if key is not None:
+                    self._prefixes[engine].add(key)
             self._running[call.seq] = (demand, engine)
             future.set_result(engine)
 

@@ -9,7 +9,9 @@ OpenAI-compatible endpoint: every call pays the client round trip `client_rtt_s`
 client orchestrates the DAG) and carries no objective, app or group. App-aware routers (the
 Parrot scheduler) get the DAG server-side (one round trip per app), pass objectives, apps
 and task groups to the engines, and fill each shared prefix once per engine as a context
-that the calls fork.
+that the calls fork; sibling calls of an app whose prompts start with the same shared prefix
+and the same earlier outputs (the architect's design) fork one session prefix per engine,
+filled as a fork of the shared prefix and freed when the app ends.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class CallView:
     prefix_key: str | None = None
     prefix_tokens: int = 0
     priority: int = 0
+    run_key: str | None = None  # a session prefix: the shared prefix + leading outputs
+    run_tokens: int = 0  # beyond prefix_tokens
 
 
 class Router(Protocol):
@@ -89,26 +93,60 @@ class AppResult:
 
 
 class _Prefixes:
-    """Shared prefixes filled once per engine as contexts that calls fork (kept to the end)."""
+    """Prefixes filled once per engine as contexts that calls fork: shared ones (kept to the
+    end) and apps' session prefixes (freed with `drop`)."""
 
     def __init__(self) -> None:
         self._fills: dict[tuple[int, str], asyncio.Future[str]] = {}
 
-    async def context(self, index: int, engine: EngineClient, shared: Shared) -> str:
-        key = (index, shared.key)
-        future = self._fills.get(key)
+    async def context(
+        self,
+        index: int,
+        engine: EngineClient,
+        key: str,
+        token_ids: Sequence[int],
+        parent: str | None = None,
+        scheduling: Scheduling = Scheduling(),
+    ) -> str:
+        slot = (index, key)
+        future = self._fills.get(slot)
         if future is None:
-            future = self._fills[key] = asyncio.get_running_loop().create_future()
-            context_id = f"prefix:{shared.key}"
+            future = self._fills[slot] = asyncio.get_running_loop().create_future()
+            context_id = f"prefix:{key}"
             try:
                 await engine.fill(
-                    FillRequest(context_id=context_id, token_ids=list(shared.token_ids))
+                    FillRequest(
+                        context_id=context_id,
+                        parent_context_id=parent,
+                        token_ids=list(token_ids),
+                        scheduling=scheduling,
+                    )
                 )
                 future.set_result(context_id)
             except EngineError as exc:
-                del self._fills[key]
+                del self._fills[slot]
                 future.set_exception(exc)
         return await asyncio.shield(future)
+
+    async def drop(self, engines: Sequence[EngineClient], prefix: str) -> None:
+        """Free the contexts of every key starting with `prefix` (an app's session prefixes)."""
+        for (index, key), future in list(self._fills.items()):
+            if key.startswith(prefix) and future.done() and not future.exception():
+                del self._fills[(index, key)]
+                await engines[index].free(future.result())
+
+
+def _run(call: CallSpec) -> tuple[str, ...] | None:
+    """The shared prefix and the outputs right after it (the app's leading variables), when
+    there are such outputs: sibling calls with the same run share a session prefix."""
+    if not call.prompt or not isinstance(call.prompt[0], Shared):
+        return None
+    run = [call.prompt[0].key]
+    for segment in call.prompt[1:]:
+        if not isinstance(segment, OutputOf):
+            break
+        run.append(segment.call)
+    return tuple(run) if len(run) > 1 else None
 
 
 # (call) -> (objective, priority) that an app-aware router sends to the engines.
@@ -150,11 +188,21 @@ class Driver:
         outputs: dict[str, asyncio.Future[list[int]]] = {
             c.name: asyncio.get_running_loop().create_future() for c in app.calls
         }
-        await asyncio.gather(*(self._call(app, c, outputs, result) for c in app.calls))
+        runs = [_run(c) for c in app.calls]
+        shared_runs = {r for r in runs if r is not None and runs.count(r) > 1}
+        await asyncio.gather(*(self._call(app, c, outputs, result, shared_runs) for c in app.calls))
         result.end_s = self._now()
+        await self._prefixes.drop(self.engines, f"{app.app_id}|")
         return result
 
-    async def _call(self, app: AppSpec, call: CallSpec, outputs: dict, result: AppResult) -> None:
+    async def _call(
+        self,
+        app: AppSpec,
+        call: CallSpec,
+        outputs: dict,
+        result: AppResult,
+        shared_runs: set[tuple[str, ...]],
+    ) -> None:
         try:
             inputs = {d: await outputs[d] for d in call.deps}
         except EngineError:
@@ -171,6 +219,11 @@ class Driver:
         first = call.prompt[0]
         shared = first if isinstance(first, Shared) else None
         objective, priority = self.deduce(call) if self.router.app_aware else ("latency", 0)
+        run = _run(call)
+        run_key, run_tokens = None, 0
+        if self.router.app_aware and shared is not None and run is not None and run in shared_runs:
+            run_key = f"{app.app_id}|" + "|".join(run)
+            run_tokens = sum(len(inputs[name]) for name in run[1:])
         view = CallView(
             app.app_id,
             call.name,
@@ -182,6 +235,8 @@ class Driver:
             shared.key if shared else None,
             len(shared.token_ids) if shared else 0,
             priority,
+            run_key,
+            run_tokens,
         )
         ready = self._now()
         index = await self.router.acquire(view)
@@ -217,8 +272,15 @@ class Driver:
             )
         parent, prompt = None, view.prompt_ids
         if aware and shared is not None and engine.info.supports_fork:
-            parent = await self._prefixes.context(index, engine, shared)
-            prompt = prompt[len(shared.token_ids) :]
+            parent = await self._prefixes.context(index, engine, shared.key, shared.token_ids)
+            cut = len(shared.token_ids)
+            if view.run_key is not None:
+                end = cut + view.run_tokens
+                parent = await self._prefixes.context(
+                    index, engine, view.run_key, prompt[cut:end], parent, scheduling
+                )
+                cut = end
+            prompt = prompt[cut:]
         request = GenerateRequest(
             request_id=f"{view.name}#{view.seq}",
             context_id=f"{view.name}#{view.seq}",

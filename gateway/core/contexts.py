@@ -6,11 +6,15 @@ Two kinds of cached contexts, both ref-counted and both evicted LRU once idle:
   (model, cache salt, text), shared by every call, session and tenant using that text
   (a tenant with a salt shares only with itself). Filled once: concurrent calls that
   need the same prefix await the one fill.
+- session prefixes: a prefix context extended by the session's leading variables (the
+  brief, then an architect's design that every programmer prompt starts with), filled once
+  as a fork of the constant prefix when sibling calls share that run; kept with the session.
 - retained contexts: a finished call's whole context (prompt + generated text), kept for
   its session; a later call whose prompt starts with exactly those tokens forks it.
 
     px (system prompt) ──fork──> call A ctx ──retained──> fork by call B (prompt ⊇ A's)
-                       └─fork──> call C ctx
+                       ├─fork──> call C ctx
+                       └─fork──> px + design (session) ──fork──> programmer 1..N ctx
 
 An entry's `refs` counts what keeps it alive on the engine: running calls forked from it
 and child entries. Only entries with refs == 0 are idle, and idle entries have no live
@@ -93,9 +97,17 @@ class ContextManager:
         session_id: str,
         prompt: list[int],
         scheduling: Scheduling,
+        session_prefix: tuple[bytes, list[int]] | None = None,
     ) -> Entry | None:
-        """The longest cached context this prompt may fork on `member` (acquired), or None."""
+        """The longest cached context this prompt may fork on `member` (acquired), or None.
+
+        `session_prefix` (key, tokens) extends `prefix` with the session's own leading
+        variables (e.g. an architect's design that every programmer prompt starts with): it
+        is filled once, as a fork of the shared prefix, and kept with the session.
+        """
         best = self._best_retained(member, session_id, prompt)
+        if best is not None:
+            self._acquire(best)
         if (
             key is not None
             and len(prefix) >= self._config.min_prefix_tokens
@@ -103,9 +115,17 @@ class ContextManager:
         ):
             entry = await self._prefix(member, key, prefix, scheduling)
             if entry is not None:
-                return entry
-        if best is not None:
-            self._acquire(best)
+                if best is not None:
+                    self.release(best)
+                best = entry
+        if session_prefix is not None:
+            skey, tokens = session_prefix
+            if best is None or len(best.token_ids) < len(tokens):
+                entry = await self._prefix(member, skey, tokens, scheduling, best, session_id)
+                if entry is not None:
+                    if best is not None:
+                        self.release(best)  # the new entry holds its parent itself
+                    best = entry
         return best
 
     def release(self, entry: Entry) -> None:
@@ -151,6 +171,8 @@ class ContextManager:
             n = len(entry.token_ids)
             if entry.member is not member or n > len(prompt) or entry.evicted:
                 continue
+            if entry.ready is not None and not entry.ready.done():
+                continue  # a session prefix still filling: `_prefix` awaits it by key
             if best is not None and n <= len(best.token_ids):
                 continue
             # Cheap probes first; the full comparison only for likely matches.
@@ -162,8 +184,16 @@ class ContextManager:
         return best
 
     async def _prefix(
-        self, member: Member, key: bytes, tokens: list[int], scheduling: Scheduling
+        self,
+        member: Member,
+        key: bytes,
+        tokens: list[int],
+        scheduling: Scheduling,
+        parent: Entry | None = None,
+        session_id: str | None = None,
     ) -> Entry | None:
+        """The prefix context `key` on `member`, filled once (as a fork of `parent` if
+        given; with `session_id`, kept with that session and evicted when it ends)."""
         slot = (member.member_id, key)
         entry = self._prefixes.get(slot)
         if entry is None:
@@ -174,9 +204,15 @@ class ContextManager:
                 f"px-{self._replica}-{self._counter}",
                 tokens,
                 key=key,
+                session_id=session_id,
+                parent=parent,
                 ready=ready,
                 fill_scheduling=scheduling,
             )
+            if parent is not None:
+                self._acquire(parent)
+            if session_id is not None:
+                self._retained.setdefault(session_id, []).append(entry)
             self._prefixes[slot] = entry
             # Its own task: a caller cancelled mid-fill must not strand the other waiters.
             self._track(self._fill(entry, scheduling))
@@ -196,21 +232,28 @@ class ContextManager:
 
     async def _fill(self, entry: Entry, scheduling: Scheduling) -> None:
         assert entry.ready is not None and entry.key is not None
-        member = entry.member
+        member, parent = entry.member, entry.parent
+        inherited = len(parent.token_ids) if parent is not None else 0
         try:
             await member.engine.fill(
                 FillRequest(
-                    context_id=entry.context_id, token_ids=entry.token_ids, scheduling=scheduling
+                    context_id=entry.context_id,
+                    parent_context_id=parent.context_id if parent is not None else None,
+                    token_ids=entry.token_ids[inherited:],
+                    scheduling=scheduling,
                 )
             )
         except Exception as exc:
             log.warning("prefix fill on %s failed, running unshared: %s", member.member_id, exc)
             self._prefixes.pop((member.member_id, entry.key), None)
+            self._unlist(entry)
             entry.evicted = True
             entry.ready.set_exception(exc)
             entry.ready.exception()  # mark retrieved: there may be no waiter left
             with contextlib.suppress(EngineError):
                 await member.engine.free(entry.context_id)
+            if parent is not None:
+                self.release(parent)
             return
         entry.ready.set_result(None)
 
@@ -248,15 +291,18 @@ class ContextManager:
         entry.evicted = True
         if entry.key is not None:
             self._prefixes.pop((entry.member.member_id, entry.key), None)
-        if entry.session_id is not None:
-            entries = self._retained.get(entry.session_id)
-            if entries is not None and entry in entries:
-                entries.remove(entry)
-                if not entries:
-                    del self._retained[entry.session_id]
+        self._unlist(entry)
         if entry.refs == 0:
             self._idle.pop(id(entry), None)
             self._free_later(entry)
+
+    def _unlist(self, entry: Entry) -> None:
+        """Take an entry off its session's list of kept contexts."""
+        entries = self._retained.get(entry.session_id or "")
+        if entries is not None and entry in entries:
+            entries.remove(entry)
+            if not entries:
+                del self._retained[entry.session_id or ""]
 
     def _free_later(self, entry: Entry) -> None:
         self._track(self._free(entry))

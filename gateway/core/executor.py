@@ -23,7 +23,7 @@ from engine.errors import EngineError, EngineUnavailable, RequestAborted, error_
 from engine.protocol import GenerateRequest, Scheduling
 from gateway.core.config import CoreConfig
 from gateway.core.contexts import ContextManager
-from gateway.core.entries import Entry, prefix_key
+from gateway.core.entries import Entry, prefix_key, session_prefix_key, sibling_run
 from gateway.core.graph import Call, OutputSlot, Variable
 from gateway.core.template import Input, Output, Text
 from gateway.core.tokens import TokenCache
@@ -75,10 +75,17 @@ class Executor:
             app_id=call.session.app_id,
         )
 
-    async def _stages(self, call: Call, member: Member) -> list[list[int]]:
+    async def _stages(
+        self, call: Call, member: Member, mark: int = 0
+    ) -> tuple[list[list[int]], int]:
+        """Each output's prompt tokens, and how many of stage 0 the first `mark` segments
+        make up."""
         engine, model = member.engine, call.model
         stages: list[list[int]] = [[]]
+        marked = 0
         for index, segment in enumerate(call.segments):
+            if index == mark:
+                marked = len(stages[0])
             special = index == 0 and not call.chat  # a chat template wrote any BOS itself
             if isinstance(segment, Text):
                 ids = await self._tokens.encode(engine, model, segment.text, special)
@@ -95,17 +102,24 @@ class Executor:
                 stages.append([])
                 continue
             stages[-1] = stages[-1] + ids
-        return stages[: len(call.outputs)]
+        return stages[: len(call.outputs)], marked
 
     async def run(self, call: Call, member: Member) -> Outcome:
         """Run the call; raises CallError when it fails for good."""
+        run = sibling_run(call) if self._shares(member) else None
         try:
-            stages = await self._stages(call, member)
+            stages, run_tokens = await self._stages(call, member, len(run) if run else 0)
         except EngineUnavailable:
             return "retry"
         except EngineError as exc:
             raise CallError(from_engine(exc)) from exc
-        lease = await self._lease(call, member, stages[0], self.scheduling(call))
+        session_prefix = None
+        if run is not None:
+            assert member.info is not None
+            size = member.info.block_size
+            key = session_prefix_key(call.model, call.session, call.chat, run)
+            session_prefix = (key, stages[0][: max(run_tokens - 1, 0) // size * size])
+        lease = await self._lease(call, member, stages[0], self.scheduling(call), session_prefix)
         context_id = call.context_id
         parent = lease.context_id if lease is not None else None
         tokens = list(stages[0])
@@ -154,11 +168,21 @@ class Executor:
             )
         return "done"
 
+    def _shares(self, member: Member) -> bool:
+        info = member.info
+        return self._config.share_prefixes and info is not None and info.supports_fork
+
     async def _lease(
-        self, call: Call, member: Member, stage0: list[int], scheduling: Scheduling
+        self,
+        call: Call,
+        member: Member,
+        stage0: list[int],
+        scheduling: Scheduling,
+        session_prefix: tuple[bytes, list[int]] | None,
     ) -> Entry | None:
-        if not self._config.share_prefixes or member.info is None or not member.info.supports_fork:
+        if not self._shares(member):
             return None
+        assert member.info is not None
         first = call.segments[0]
         key, prefix = None, []
         if isinstance(first, Text):
@@ -173,7 +197,7 @@ class Executor:
             size = member.info.block_size
             prefix = text_ids[: (len(text_ids) - 1) // size * size]
         return await self._contexts.lease(
-            member, key, prefix, call.session.session_id, stage0, scheduling
+            member, key, prefix, call.session.session_id, stage0, scheduling, session_prefix
         )
 
     async def _generate(

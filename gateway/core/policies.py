@@ -28,6 +28,8 @@ class Demand:
     group_id: str | None = None
     prefix_key: bytes | None = None
     prefix_tokens: int = 0
+    run_key: bytes | None = None  # a session prefix extending the prefix (its siblings')
+    run_tokens: int = 0  # beyond prefix_tokens
 
 
 @dataclass(slots=True)
@@ -47,9 +49,14 @@ class EngineView:
         return self.latency_calls == 0 and self.throughput_calls == 0
 
     def cost(self, demand: Demand) -> int:
-        """Tokens the demand adds here: its prefix is free where the engine already has it."""
-        shared = demand.prefix_key is not None and demand.prefix_key in self.prefixes
-        return demand.est_tokens + (0 if shared else demand.prefix_tokens)
+        """Tokens the demand adds here: a prefix (or a session prefix extending it) is free
+        where the engine already has it."""
+        cost = demand.est_tokens
+        if demand.prefix_key is None or demand.prefix_key not in self.prefixes:
+            cost += demand.prefix_tokens
+        if demand.run_key is None or demand.run_key not in self.prefixes:
+            cost += demand.run_tokens
+        return cost
 
     def take(self, demand: Demand) -> None:
         self.reserved_tokens += self.cost(demand)
@@ -57,8 +64,9 @@ class EngineView:
             self.latency_calls += 1
         else:
             self.throughput_calls += 1
-        if demand.prefix_key is not None:
-            self.prefixes.add(demand.prefix_key)
+        for key in (demand.prefix_key, demand.run_key):
+            if key is not None:
+                self.prefixes.add(key)
 
 
 class AppFifo:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from engine.protocol import Scheduling, outranks
 from gateway.core.config import CoreConfig
 from gateway.core.contexts import ContextManager
-from gateway.core.entries import prefix_key
+from gateway.core.entries import prefix_key, session_prefix_key, sibling_run
 from gateway.core.graph import Call, CallState, Variable
 from gateway.core.objectives import upstream_calls
 from gateway.core.policies import (
@@ -170,7 +170,8 @@ class Scheduler:
             running.demand = dataclasses.replace(
                 running.demand, objective=scheduling.objective, priority=scheduling.priority
             )
-            self._contexts.promote_fill(member, running.demand.prefix_key, scheduling)
+            for key in (running.demand.prefix_key, running.demand.run_key):
+                self._contexts.promote_fill(member, key, scheduling)
             self._contexts.reschedule(member, call.context_id, scheduling)
 
     def forget(self, call: Call) -> None:
@@ -243,6 +244,17 @@ class Scheduler:
         if self._config.share_prefixes and isinstance(first, Text):
             key = prefix_key(call.model, session.cache_salt, first.text)
             prefix_chars = len(first.text)
+        run = sibling_run(call) if self._config.share_prefixes else None
+        run_key, run_chars = None, 0
+        if run is not None:
+            run_key = session_prefix_key(call.model, session, call.chat, run)
+            for segment in call.segments[: len(run)]:  # text, or variables (the run has no literal)
+                bound = call.inputs[segment.name] if isinstance(segment, Input) else None
+                if isinstance(segment, Text):
+                    run_chars += len(segment.text)
+                elif isinstance(bound, Variable):
+                    run_chars += len(bound.value or "")
+            run_chars -= prefix_chars
         # Applications that have not started yet come after every started one.
         rank = session.app_rank if session.app_rank is not None else NOT_STARTED
         return Demand(
@@ -250,12 +262,14 @@ class Scheduler:
             objective=call.objective,
             app_rank=rank,
             seq=call.seq,
-            est_tokens=(chars - prefix_chars) // CHARS_PER_TOKEN
+            est_tokens=(chars - prefix_chars - run_chars) // CHARS_PER_TOKEN
             + sum(s.sampling.max_tokens for s in call.outputs),
             priority=call.priority,
             group_id=call.group_id,
             prefix_key=key,
             prefix_tokens=prefix_chars // CHARS_PER_TOKEN,
+            run_key=run_key,
+            run_tokens=run_chars // CHARS_PER_TOKEN,
         )
 
     def _views(self, members: dict[str, Member]) -> list[EngineView]:

@@ -180,6 +180,34 @@ def test_driver_runs_every_workload_on_every_baseline(kind: str) -> None:
         assert all(r.latency_s >= 0.25 for r in results)
 
 
+def test_an_apps_siblings_fork_one_session_prefix_freed_with_the_app() -> None:
+    from gateway.core.config import CoreConfig
+    from loadtest.bench_cluster import ParrotRouter, deduce
+
+    a100 = load_profile("a100-llama2-7b")
+    apps = poisson_apps("multi_agent", n_apps=2, rate=1.0, seed=1, scale=0.05)
+
+    async def main():
+        pool = [SimEngine(a100, f"sim-{i}") for i in range(2)]
+        for engine in pool:
+            await engine.start()
+        router = ParrotRouter(2, a100, CoreConfig())
+        results = await Driver(pool, router, deduce=deduce).run(apps)
+        return results, [await engine.stats() for engine in pool]
+
+    results, stats = run_virtual(main())
+    assert not any(r.failed for r in results)
+    arch_tokens = 15  # the architect's output at this scale, which every later call reads
+    role_tokens = 30  # the shared role prompt
+    for app in results:
+        later = [c for c in app.calls if not c.name.endswith("/arch")]
+        assert len(later) == 12
+        # Each later call forked the role prompt plus the design: none recomputed them.
+        assert all(c.cached_tokens >= role_tokens + arch_tokens for c in later)
+    # The apps' session prefixes went with them; only the shared role prompt stays.
+    assert sum(s.num_contexts for s in stats) <= 2
+
+
 def test_bench_cluster_quick_run(tmp_path) -> None:
     from loadtest.bench_cluster import ROUTERS, main
 

@@ -82,6 +82,21 @@ def test_a_held_prefix_counts_as_work_saved_not_as_a_trump_card() -> None:
     assert placed[0][1].member_id == "empty"
 
 
+def test_a_session_prefix_draws_its_siblings_to_the_engine_that_holds_it() -> None:
+    # Both engines hold the role prompt; only "holder" holds this app's brief + design.
+    holder = EngineView(
+        "holder", prefixes={b"sys", b"run"}, throughput_calls=2, reserved_tokens=400
+    )
+    other = EngineView("other", prefixes={b"sys"}, throughput_calls=1, reserved_tokens=200)
+    sibling = demand(
+        "x1", prefix_key=b"sys", prefix_tokens=600, run_key=b"run", run_tokens=300, est_tokens=90
+    )
+    assert holder.cost(sibling) == 90 and other.cost(sibling) == 390
+    placed, _ = Placer().place([sibling], [holder, other])
+    assert placed[0][1].member_id == "holder"
+    assert holder.reserved_tokens == 490  # the placement took only the call's own tokens
+
+
 def test_placer_spreads_latency_work_by_the_cap_but_never_holds_it() -> None:
     a, b = EngineView("a", latency_cap=1), EngineView("b", latency_cap=1)
     ds = [demand(f"l{i}", "latency", seq=i) for i in range(3)]

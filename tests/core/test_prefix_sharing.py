@@ -134,3 +134,64 @@ async def test_a_later_call_forks_an_earlier_calls_context(services, tiny_model)
         retained = core.contexts.held_by(sid)
         assert [e.context_id for e in retained] == [f"call-{a.id}", f"call-{b.id}"]
         assert retained[1].parent is retained[0]  # forked, not re-filled
+
+
+def team(model: str, files: int) -> list[CallRequest]:
+    """An architect, then programmers whose prompts all start with the brief and the design
+    (after their own role line, so none of them can fork the architect's context)."""
+    out = {"max_tokens": 40, "temperature": 0, "ignore_eos": True}
+    architect = SYSTEM + "Role: architect.\nDesign: {{output:d}}"
+    calls = [{"model": model, "template": architect, "outputs": {"d": out}}]
+    for i in range(files):
+        calls.append(
+            {
+                "model": model,
+                "template": SYSTEM + "Role: programmer.\nDesign: {{input:d}}\n"
+                "File {{input:f}}: {{output:c}}",
+                "inputs": {"d": {"ref": "0.d"}, "f": {"value": f"module_{i}.py"}},
+                "outputs": {"c": {"max_tokens": 6, "temperature": 0, "ignore_eos": True}},
+            }
+        )
+    return [msgspec.convert(c, CallRequest) for c in calls]
+
+
+async def run_team(core, model: str, files: int) -> tuple[str, list[str]]:
+    sid = (await core.create_session(TENANT)).session_id
+    created = await core.submit(sid, TENANT, team(model, files), True)
+    views = await asyncio.gather(
+        *(core.get_variable(sid, TENANT, c.outputs["c"], "latency", 60) for c in created[1:])
+    )
+    return sid, [v.value for v in views]
+
+
+async def test_calls_starting_with_the_same_variable_fork_one_session_prefix(services, tiny_model):
+    shared_engine, plain_engine = engine(tiny_model), engine(tiny_model)
+    async with services([shared_engine]) as s:
+        core = s.core
+        sid, shared = await run_team(core, shared_engine.info.model, 4)
+        kept = core.contexts.held_by(sid)
+        (design,) = [e for e in kept if e.key is not None]
+        # Filled once, as a fork of the programmers' constant prefix (shared by every
+        # session), through the architect's 40 tokens.
+        system = design.parent
+        assert system is not None and system.session_id is None
+        assert system in core.contexts.prefixes()
+        assert len(design.token_ids) >= len(system.token_ids) + 32
+        programmers = [e for e in kept if e.key is None and e.parent is design]
+        assert len(programmers) == 4  # every programmer forked it; none re-filled the design
+        await core.delete_session(sid, TENANT)
+        await core.contexts.drain()
+        stats = await shared_engine.stats()
+        # Only the two roles' constant prefixes are left (idle, for other sessions): the
+        # session prefix went with the session.
+        assert len(core.contexts.prefixes()) == 2 and stats.num_contexts == 2
+    async with services([plain_engine], share_prefixes=False) as s:
+        _, plain = await run_team(s.core, plain_engine.info.model, 4)
+    assert shared == plain
+
+
+async def test_a_call_without_siblings_keeps_no_session_prefix(services, tiny_model):
+    eng = engine(tiny_model)
+    async with services([eng]) as s:
+        sid, _ = await run_team(s.core, eng.info.model, 1)
+        assert [e for e in s.core.contexts.held_by(sid) if e.key is not None] == []
