@@ -1,6 +1,7 @@
-"""`ContextManager`: shared prefix contexts and retained call contexts on engines.
+"""`ContextManager`: shared prefix contexts, session prefixes (leading variables) and
+retained call contexts on engines.
 
-Two kinds of cached contexts, both ref-counted and both evicted LRU once idle:
+Three kinds of cached contexts, all ref-counted and all evicted LRU once idle:
 
 - prefix contexts: the constant leading text of a template, keyed by a content hash of
   (model, cache salt, text), shared by every call, session and tenant using that text
