@@ -35,7 +35,11 @@ def shared_run(call: Call) -> tuple[RunPiece, ...] | None:
     """The call's leading template text and semantic variables, up to its first literal
     input or output, when a variable is among them: sibling calls with the same run (every
     programmer prompt starting with the brief and the architect's design) share its KV, as
-    the paper's prefix cache mapped a sequence of leading variables to one context."""
+    the paper's prefix cache mapped a sequence of leading variables to one context.
+    Computed once per call (segments and bindings never change): placement asks for every
+    queued call's siblings on every drain."""
+    if call.run_known:
+        return call.run
     run: list[RunPiece] = []
     for segment in call.segments:
         bound = call.inputs[segment.name] if isinstance(segment, Input) else None
@@ -45,7 +49,9 @@ def shared_run(call: Call) -> tuple[RunPiece, ...] | None:
             run.append(("var", bound.var_id))
         else:
             break
-    return tuple(run) if any(kind == "var" for kind, _ in run) else None
+    call.run = tuple(run) if any(kind == "var" for kind, _ in run) else None
+    call.run_known = True
+    return call.run
 
 
 def sibling_run(call: Call) -> tuple[RunPiece, ...] | None:

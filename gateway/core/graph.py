@@ -111,6 +111,8 @@ class Call:
     missing: int = 0  # inputs not ready yet
     latency_goal: bool = False  # a GET asked for latency downstream of this call
     awaited: bool = False  # a GET waits on this call's output or one downstream of it
+    run: tuple | None = None  # its leading text-and-variables run, once computed (entries.py)
+    run_known: bool = False
     group_id: str | None = None
     attempts: int = 0
     scheduling: Scheduling | None = None  # fixed when the call is placed on an engine
