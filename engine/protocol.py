@@ -84,6 +84,9 @@ class Scheduling(msgspec.Struct, frozen=True, omit_defaults=True, kw_only=True):
     priority: int = 0  # higher runs first within an objective class
     group_id: str | None = None  # a task group: admitted and batched together
     app_id: str | None = None  # app-FIFO: work of apps that started earlier goes first
+    # Latency-critical work is sent the moment this finishes (the next link of a chain):
+    # an engine may keep throughput work off for a moment so that it does not wait.
+    followup: bool = False
 
 
 def outranks(a: Scheduling, b: Scheduling) -> bool:

@@ -82,6 +82,13 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
         help="share of step time throughput work keeps while latency work is live (default "
         "0.1; 1 lets it into every step)",
     )
+    g.add_argument(
+        "--followup-hold",
+        dest="followup_hold_s",
+        type=float,
+        help="seconds throughput work waits for the latency-critical call a finished one "
+        "feeds (the next link of a chain) before taking the engine (default 0.05; 0: off)",
+    )
     g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     g.add_argument(
         "--step-trace", metavar="PATH", help="append a JSON line per engine step (profiling)"

@@ -37,6 +37,7 @@ def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineCl
         latency_cap=settings.latency_cap,
         latency_step_tokens=settings.latency_step_tokens,
         throughput_share=settings.throughput_share,
+        followup_hold_s=settings.followup_hold_s,
         step_trace=settings.step_trace,
     )
 

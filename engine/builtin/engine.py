@@ -254,16 +254,23 @@ class BuiltinEngine:
                 except queue.Empty:
                     break
                 command()
+            stepped = False
             if len(self.scheduler):
                 try:
-                    self._step()
+                    stepped = self._step()
                 except Exception as exc:  # a bug, not bad input: fail live work, keep serving
                     log.exception("engine step failed")
                     self._fail_all(EngineError(f"engine step failed: {exc}"))
             self._flush()
-            if not len(self.scheduler) and self._commands.empty():
-                self._wake.wait(timeout=1.0)
-                self._wake.clear()
+            if self._commands.empty():
+                # Idle, or throughput work holding off for a follow-up: sleep until a
+                # command (the follow-up itself) wakes us or the hold runs out.
+                wait = 1.0 if not len(self.scheduler) else 0.0
+                if len(self.scheduler) and not stepped:
+                    wait = self.scheduler.hold_left()
+                if wait > 0:
+                    self._wake.wait(timeout=wait)
+                    self._wake.clear()
         self._fail_all(EngineUnavailable("engine is shutting down"))
         self._flush()
         if self._trace is not None:
@@ -368,14 +375,15 @@ class BuiltinEngine:
         self._requests[seq.request_id] = seq
         self.scheduler.add(seq)
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """Run one step; False if the plan held nothing to run."""
         plan = self.scheduler.schedule()
         for seq in plan.rejected:
             self._finish_error(
                 seq, OutOfBlocks("the request does not fit in the free KV cache blocks")
             )
         if not plan.chunks:
-            return
+            return False
         runnable = [c for c in plan.chunks if c.num_tokens]
         started = time.monotonic()
         logits = self.runner.run(runnable) if runnable else None
@@ -396,10 +404,11 @@ class BuiltinEngine:
         for c in plan.chunks:
             if c.seq.is_fill and not c.seq.context.num_pending:
                 self._finish_fill(c)
+        return True
 
     def _finish_fill(self, c: Chunk) -> None:
         seq = c.seq
-        self._release(seq)
+        self._release(seq, completed=True)
         self._stats.prompt_tokens += seq.num_prompt_tokens
         self._stats.prefix_query_tokens += seq.num_prompt_tokens
         self._stats.prefix_hit_tokens += seq.num_cached_tokens
@@ -445,14 +454,14 @@ class BuiltinEngine:
         )
         self._post(seq.sink.put_nowait, chunk)
         if finish is not None:
-            self._release(seq)
+            self._release(seq, completed=True)
 
     def _usage(self, seq: Sequence) -> Usage:
         return Usage(seq.num_prompt_tokens, len(seq.output_ids), seq.num_cached_tokens)
 
-    def _release(self, seq: Sequence) -> None:
+    def _release(self, seq: Sequence, completed: bool = False) -> None:
         """Detach a finished request from the scheduler and its context."""
-        self.scheduler.remove(seq)
+        self.scheduler.remove(seq, completed)
         self._requests.pop(seq.request_id, None)
         seq.context.busy = False
         if not seq.is_fill:

@@ -15,14 +15,25 @@ take half a second), so latency work mostly steps alone; the share keeps through
 from starving under a steady stream of latency work. Throughput work with a positive
 priority is exempt: the gateway gives that to a task group whose result someone awaits
 with latency (a map stage before a latency-critical reduce), which is on a latency path.
+
+A latency-critical call's next step comes a moment after it finishes: the gateway hands its
+output to the dependent call (a chain's next link, a call's next output, the generate that
+forks a fill) and sends that one. On an idle-looking engine that moment is enough for
+throughput work to start a full step (about 0.4 s of prefill here) that the follow-up then
+waits out. So when work the gateway marked `followup` (or a latency-critical fill) finishes,
+throughput work holds off for up to `followup_hold_s`, or until latency work arrives.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
+
+import msgspec
 
 from engine.builtin.contexts import ContextTable
 from engine.builtin.sequence import Sequence, Status
@@ -37,12 +48,15 @@ class SchedulerConfig:
     latency_step_tokens: int = 128  # a step holding throughput work while latency is live
     throughput_share: float = 0.1  # of recent step time, throughput's while latency is live
     share_window_s: float = 2.0  # time constant of that "recent"
+    followup_hold_s: float = 0.05  # throughput waits this long for a latency follow-up
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.throughput_share <= 1.0:
             raise ValueError(f"throughput_share must be in [0, 1], not {self.throughput_share}")
         if self.share_window_s <= 0:
             raise ValueError(f"share_window_s must be positive, not {self.share_window_s}")
+        if self.followup_hold_s < 0:
+            raise ValueError(f"followup_hold_s must be >= 0, not {self.followup_hold_s}")
 
 
 class Chunk(NamedTuple):
@@ -58,7 +72,12 @@ class StepPlan(NamedTuple):
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, contexts: ContextTable):
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        contexts: ContextTable,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.config = config
         self.contexts = contexts
         self.waiting: list[Sequence] = []
@@ -69,6 +88,8 @@ class Scheduler:
         # Decayed step seconds, all and those with throughput work in them (see observe()).
         self._step_s = 0.0
         self._throughput_s = 0.0
+        self._clock = clock
+        self._hold_until = 0.0  # throughput waits for a latency follow-up until then
 
     def __len__(self) -> int:
         return len(self.waiting) + len(self.running)
@@ -90,6 +111,8 @@ class Scheduler:
             self._first_seen[(kind, name)] = (rank, live - 1)
 
     def add(self, seq: Sequence) -> None:
+        if seq.is_latency:
+            self._hold_until = 0.0  # the follow-up (or other latency work) is here
         self._order(seq)
         seq.status = Status.WAITING
         self.waiting.append(seq)
@@ -110,13 +133,19 @@ class Scheduler:
             if seq.context.context_id == context_id:
                 self._release_rank("app", seq.scheduling.app_id)
                 self._release_rank("group", seq.scheduling.group_id)
+                if seq.scheduling.followup and not scheduling.followup:
+                    # What the work feeds has not changed, only its rank.
+                    scheduling = msgspec.structs.replace(scheduling, followup=True)
                 seq.scheduling = scheduling
                 self._order(seq)
                 return True
         return False
 
-    def remove(self, seq: Sequence) -> None:
-        """Drop a finished or aborted sequence (releasing nothing of its context)."""
+    def remove(self, seq: Sequence, completed: bool = False) -> None:
+        """Drop a finished or aborted sequence (releasing nothing of its context).
+
+        `completed`: it ran to its end, so any follow-up it announced is on its way.
+        """
         if seq.status is Status.RUNNING:
             self.running.remove(seq)
         elif seq.status is Status.WAITING:
@@ -124,6 +153,19 @@ class Scheduler:
         seq.status = Status.FINISHED
         self._release_rank("app", seq.scheduling.app_id)
         self._release_rank("group", seq.scheduling.group_id)
+        followed = seq.scheduling.followup or (seq.is_fill and seq.is_latency)
+        if completed and followed and self.config.followup_hold_s > 0:
+            self._hold_until = self._clock() + self.config.followup_hold_s
+
+    def hold_left(self) -> float:
+        """Seconds throughput work still holds off for a latency follow-up (0: none)."""
+        if not self._hold_until:
+            return 0.0
+        left = self._hold_until - self._clock()
+        if left <= 0 or self.num_latency_live:
+            self._hold_until = 0.0
+            return 0.0
+        return left
 
     def observe(self, seconds: float, chunks: list[Chunk]) -> None:
         """Account a finished step of `chunks`, for throughput's share of recent step time."""
@@ -145,6 +187,7 @@ class Scheduler:
         live = sorted(itertools.chain(self.running, self.waiting), key=lambda s: s.order_key)
         cap = cfg.max_batch_size
         latency_live = any(s.is_latency for s in live)
+        holding = not latency_live and self.hold_left() > 0
         if latency_live:
             cap = min(cap, cfg.latency_cap)
         throughput_turn = (
@@ -167,6 +210,8 @@ class Scheduler:
                     seq.admitted = True
             ctx = seq.context
             n = min(ctx.num_pending, budget)
+            if holding and seq.scheduling.priority <= 0:
+                break  # keep the engine free for the follow-up; see hold_left()
             if latency_live and not seq.is_latency and seq.scheduling.priority <= 0:
                 # Latency work sorts first, so what is spent so far is its own.
                 spent = cfg.max_step_tokens - budget

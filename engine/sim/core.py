@@ -63,6 +63,9 @@ class SimCore:
             max_batch_size=profile.max_batch_size,
             max_step_tokens=profile.max_step_tokens,
             latency_cap=profile.latency_cap,
+            # The hold for a follow-up is timed by a wall clock, which this core does not
+            # keep (its callers own time); the simulator does not model it.
+            followup_hold_s=0.0,
         )
         self.scheduler = Scheduler(config, self.contexts)
         self.tokenizer = SimTokenizer()

@@ -19,12 +19,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import msgspec
+
 from engine.errors import EngineError, EngineUnavailable, RequestAborted, error_from_wire
 from engine.protocol import GenerateRequest, Scheduling
 from gateway.core.config import CoreConfig
 from gateway.core.contexts import ContextManager
 from gateway.core.entries import Entry, prefix_key, session_prefix_key, sibling_run
 from gateway.core.graph import Call, OutputSlot, Variable
+from gateway.core.objectives import followed_by_latency
 from gateway.core.template import Input, Output, Text
 from gateway.core.tokens import TokenCache
 from gateway.errors import ApiError, from_engine
@@ -134,13 +137,17 @@ class Executor:
                     if last_stop is not None and pending[:1] == [last_stop]:
                         pending = pending[1:]  # e.g. a chat turn's end token, already there
                     tokens += pending
+                scheduling = msgspec.structs.replace(
+                    self.scheduling(call),  # a GET may have promoted the call
+                    followup=followed_by_latency(call, k),
+                )
                 request = GenerateRequest(
                     request_id=f"{context_id}.{k}",
                     context_id=context_id,
                     parent_context_id=parent if k == 0 else None,
                     prompt_token_ids=pending,
                     sampling=slot.sampling,
-                    scheduling=self.scheduling(call),  # a GET may have promoted the call
+                    scheduling=scheduling,
                 )
                 started = True
                 generated = await self._generate(member, request, slot, call.objective)

@@ -124,6 +124,12 @@ class Call:
         return f"call-{self.call_id}"
 
     @property
+    def stage(self) -> int:
+        """The output being generated (or next to be): the first one not done yet."""
+        done = sum(slot.variable.done for slot in self.outputs)
+        return min(done, len(self.outputs) - 1)
+
+    @property
     def input_vars(self) -> list[Variable]:
         seen: dict[int, Variable] = {}
         for bound in self.inputs.values():

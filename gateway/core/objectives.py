@@ -65,6 +65,24 @@ def hinted_latency(call: Call) -> list[Call]:
     return _mark(call.input_vars) if call.hint == "latency" else []
 
 
+def followed_by_latency(call: Call, k: int) -> bool:
+    """Whether latency-critical work goes out the moment output `k` of `call` is done.
+
+    That is the call's own next output, or a consumer for which this value is the last
+    missing input (the next link of a chain, the reduce after its last map). The engine
+    keeps throughput work off for a moment so the follow-up does not wait behind it.
+    """
+    if k + 1 < len(call.outputs) and call.objective == "latency":
+        return True
+    variable = call.outputs[k].variable
+    return any(
+        consumer.objective == "latency"
+        and consumer.state is CallState.WAITING
+        and all(v.done or v is variable for v in consumer.input_vars)
+        for consumer in variable.consumers
+    )
+
+
 def _ancestors(call: Call) -> set[int]:
     seen: set[int] = set()
     stack = list(call.input_vars)

@@ -23,12 +23,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from engine.protocol import Scheduling, outranks
 from gateway.core.config import CoreConfig
 from gateway.core.contexts import ContextManager
 from gateway.core.entries import prefix_key, session_prefix_key, sibling_run
 from gateway.core.graph import Call, CallState, Variable
-from gateway.core.objectives import upstream_calls
+from gateway.core.objectives import followed_by_latency, upstream_calls
 from gateway.core.policies import (
     UNKNOWN_CAPACITY,
     AdaptiveCap,
@@ -172,7 +174,12 @@ class Scheduler:
             )
             for key in (running.demand.prefix_key, running.demand.run_key):
                 self._contexts.promote_fill(member, key, scheduling)
-            self._contexts.reschedule(member, call.context_id, scheduling)
+            # The GET marked the calls downstream too: what this one feeds may now be
+            # latency-critical work that goes out the moment it finishes.
+            followup = followed_by_latency(call, call.stage)
+            self._contexts.reschedule(
+                member, call.context_id, msgspec.structs.replace(scheduling, followup=followup)
+            )
 
     def forget(self, call: Call) -> None:
         self._queue.pop(call.call_id, None)

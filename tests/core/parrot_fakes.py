@@ -40,6 +40,7 @@ class Seen:
     objective: str
     group_id: str | None
     app_id: str | None
+    followup: bool = False
     at: float = field(default_factory=time.perf_counter)
 
 
@@ -58,7 +59,9 @@ class CopyFakeEngine(EchoEngine):
     def _record(self, kind: str, request: Any, context_id: str, parent: str | None) -> None:
         text = bytes(self._contexts.get(context_id, [])).decode(errors="replace")
         s = request.scheduling
-        self.seen.append(Seen(kind, context_id, parent, text, s.objective, s.group_id, s.app_id))
+        self.seen.append(
+            Seen(kind, context_id, parent, text, s.objective, s.group_id, s.app_id, s.followup)
+        )
 
     async def fill(self, request: FillRequest) -> FillResult:
         result = await super().fill(request)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from engine.protocol import SamplingParams
 from gateway.core.graph import Call, CallState, OutputSlot, SessionGraph, Variable
-from gateway.core.objectives import form_task_group, hinted_latency, request_criteria
+from gateway.core.objectives import (
+    followed_by_latency,
+    form_task_group,
+    hinted_latency,
+    request_criteria,
+)
 from gateway.core.template import Output, Text
 
 
@@ -86,3 +91,31 @@ def test_hints_override_deduction_and_latency_hints_mark_upstream() -> None:
     t = node(g, "t", [], hint="throughput")
     request_criteria(out(t), "latency")
     assert t.objective == "throughput"  # the explicit hint wins
+
+
+def test_a_follow_up_is_announced_only_when_the_value_releases_latency_work() -> None:
+    g = SessionGraph("s", "t")
+    maps = [node(g, f"m{i}", []) for i in range(3)]
+    reduce = node(g, "r", [out(m) for m in maps])
+    bulk = node(g, "b", [out(maps[0])])
+    assert not followed_by_latency(maps[0], 0)  # nobody waits with latency yet
+    request_criteria(out(reduce), "latency")
+    # The reduce still misses the other maps' values: finishing m0 releases nothing.
+    assert not followed_by_latency(maps[0], 0)
+    out(maps[1]).resolve("x")
+    out(maps[2]).resolve("y")
+    assert followed_by_latency(maps[0], 0)  # now the reduce goes out right after it
+    reduce.state = CallState.QUEUED
+    assert not followed_by_latency(maps[0], 0)  # already released (e.g. failed inputs)
+    assert bulk.objective == "throughput"
+
+
+def test_a_latency_call_with_more_outputs_is_its_own_follow_up() -> None:
+    g = SessionGraph("s", "t")
+    two = node(g, "two", [])
+    second = Variable("v-two-2", "two2", g.session_id, producer=two)
+    two.outputs.append(OutputSlot("two2", second, SamplingParams()))
+    assert not followed_by_latency(two, 0)  # throughput: its next output may wait
+    request_criteria(second, "latency")
+    assert followed_by_latency(two, 0)
+    assert not followed_by_latency(two, 1)  # the last one: only the GET waits on it

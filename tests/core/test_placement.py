@@ -39,6 +39,54 @@ async def test_a_get_right_after_submission_sets_the_objective_before_dispatch(s
         assert seen["<<a>> "].app_id == f"{TENANT}/{sid}"
 
 
+async def test_each_link_of_a_latency_chain_announces_its_follow_up(services):
+    fake = CopyFakeEngine("e0")
+    async with services([fake], admission_quiet_s=0.1, admission_max_hold_s=0.5) as s:
+        core = s.core
+        sid = (await core.create_session(TENANT)).session_id
+        (a,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="a")], False)
+        (b,) = await core.submit(
+            sid, TENANT, [call("b<<{{input:x}}>> {{output:y}}", x={"var": a.outputs["y"]})], False
+        )
+        # Two outputs: the second one's generate follows the first at once.
+        (c,) = await core.submit(
+            sid,
+            TENANT,
+            [call("c<<{{input:x}}>> {{output:y}} <<z>> {{output:z}}", x={"var": b.outputs["y"]})],
+            False,
+        )
+        (bg,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="q")], False)
+        view = await core.get_variable(sid, TENANT, c.outputs["z"], "latency", 5)
+        assert view.value == "Z"
+        await core.get_variable(sid, TENANT, bg.outputs["y"], None, 5)
+    seen = {g.text: g for g in fake.generates()}
+    assert seen["<<a>> "].followup and seen["b<<A>> "].followup  # b, c wait on them
+    assert seen["b<<A>> "].objective == "latency"
+    assert seen["c<<A>> "].followup  # the call's own second output comes next
+    assert not seen["c<<A>> A <<z>> "].followup  # the last output: only the GET waits on it
+    assert not seen["<<q>> "].followup  # throughput, and nothing waits on it
+
+
+async def test_a_promoted_link_announces_the_follow_up_the_get_made_latency_critical(services):
+    fake = CopyFakeEngine("e0")
+    fake.delay_s = 0.3
+    async with services([fake], admission_quiet_s=0.0, admission_max_hold_s=0.0) as s:
+        core = s.core
+        sid = (await core.create_session(TENANT)).session_id
+        (a,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="a")], False)
+        (b,) = await core.submit(
+            sid, TENANT, [call("b<<{{input:x}}>> {{output:y}}", x={"var": a.outputs["y"]})], False
+        )
+        await fake.started.wait()  # a went out as throughput: nobody was waiting yet
+        view = await core.get_variable(sid, TENANT, b.outputs["y"], "latency", 5)
+        assert view.value == "A"
+    seen = {g.text: g for g in fake.generates()}
+    assert seen["<<a>> "].objective == "throughput" and not seen["<<a>> "].followup
+    (promoted,) = [r.scheduling for r in fake.rescheduled if r.context_id == f"call-{a.id}"]
+    assert promoted.objective == "latency" and promoted.followup  # b goes out right after
+    assert seen["b<<A>> "].objective == "latency" and not seen["b<<A>> "].followup
+
+
 async def test_a_get_after_dispatch_promotes_the_call_and_the_prefix_fill_it_waits_on(services):
     fake = CopyFakeEngine("e0")
     fake.fill_delay_s = 0.3  # the shared prefix is still filling when the GETs arrive

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import random
+import time
 
 import pytest
 
@@ -35,7 +36,13 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 def make_engine(model, **options) -> BuiltinEngine:
     sched = {
         k: options.pop(k)
-        for k in ("max_batch_size", "max_step_tokens", "latency_cap", "throughput_share")
+        for k in (
+            "max_batch_size",
+            "max_step_tokens",
+            "latency_cap",
+            "throughput_share",
+            "followup_hold_s",
+        )
         if k in options
     }
     options.setdefault("dtype", "float32")
@@ -292,6 +299,54 @@ async def test_a_rescheduled_request_runs_as_latency_work(tiny_model):
         gone = RescheduleRequest(context_id="late", scheduling=Scheduling())
         assert await eng.reschedule(gone) == Rescheduled(False)
     finally:
+        await eng.close()
+
+
+async def test_throughput_sleeps_through_a_hold_for_a_follow_up(tiny_model):
+    eng = make_engine(tiny_model, followup_hold_s=0.5)
+    await eng.start()
+    bulk_at: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    def request(rid: str, max_tokens: int, **scheduling) -> GenerateRequest:
+        return GenerateRequest(
+            request_id=rid,
+            context_id=rid,
+            prompt_token_ids=prompt(len(rid), 6),
+            sampling=SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True),
+            scheduling=Scheduling(**scheduling),
+            free_on_finish=True,
+        )
+
+    async def background() -> None:
+        async for chunk in eng.generate(request("bulk", 1500, objective="throughput")):
+            bulk_at.extend([loop.time()] * len(chunk.token_ids))
+
+    async def link(rid: str, followup: bool) -> float:
+        async for _ in eng.generate(request(rid, 2, followup=followup)):
+            pass
+        return loop.time()
+
+    bulk = asyncio.create_task(background())
+    try:
+        while len(bulk_at) < 3:
+            await asyncio.sleep(0.005)
+        done = await link("link-1", followup=True)
+        await asyncio.sleep(0.05)  # tokens of the step that finished the link may trail it
+        seen, cpu = len(bulk_at), time.process_time()
+        await asyncio.sleep(0.25)
+        # The engine waits for the next link instead of stepping background work, and it
+        # sleeps while it waits (a spinning loop would burn the CPU the gateway needs).
+        assert len(bulk_at) == seen and all(t < done + 0.05 for t in bulk_at)
+        assert time.process_time() - cpu < 0.1
+        # The next link wakes the engine at once; the hold would have lasted to done + 0.5.
+        assert await link("link-2", followup=False) < done + 0.45
+        while len(bulk_at) == seen:  # the chain is done: background work goes on
+            await asyncio.sleep(0.005)
+    finally:
+        bulk.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await bulk
         await eng.close()
 
 

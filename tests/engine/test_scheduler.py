@@ -125,6 +125,90 @@ def test_throughput_runs_when_no_latency_work_can_step():
     assert step(table, sched) == ["bulk"]
 
 
+def clocked(**cfg):
+    """A scheduler whose clock the test moves by hand."""
+    now = [100.0]
+    table = ContextTable(BlockManager(256, BS), lambda *a: None)
+    return table, Scheduler(SchedulerConfig(**cfg), table, clock=lambda: now[0]), now
+
+
+def finish(sched, name, completed=True):
+    sched.remove(next(s for s in sched.running if s.request_id == name), completed)
+
+
+def test_throughput_holds_off_for_the_follow_up_of_a_finished_link():
+    table, sched, now = clocked(followup_hold_s=0.05)
+    add(table, sched, "bulk", n_tokens=100, objective="throughput")
+    add(table, sched, "link1", objective="latency", followup=True)
+    step(table, sched)
+    finish(sched, "link1")
+    # The next link is on its way: the engine waits for it instead of a long prefill.
+    assert step(table, sched) == [] and sched.hold_left() == pytest.approx(0.05)
+    now[0] += 0.01
+    add(table, sched, "link2", objective="latency")  # it arrives: the hold ends
+    assert sched.hold_left() == 0.0
+    assert step(table, sched)[0] == "link2"
+    finish(sched, "link2")  # the chain's last link announces nothing
+    assert step(table, sched) == ["bulk"]
+
+
+def test_a_hold_ends_when_no_follow_up_comes():
+    table, sched, now = clocked(followup_hold_s=0.05)
+    add(table, sched, "bulk", n_tokens=100, objective="throughput")
+    add(table, sched, "link", objective="latency", followup=True)
+    step(table, sched)
+    finish(sched, "link")
+    assert step(table, sched) == []
+    now[0] += 0.051
+    assert sched.hold_left() == 0.0 and step(table, sched) == ["bulk"]
+
+
+def test_no_hold_after_an_abort_with_a_hold_of_0_or_for_prioritized_throughput():
+    table, sched, _ = clocked(followup_hold_s=0.05)
+    add(table, sched, "bulk", n_tokens=100, objective="throughput")
+    add(table, sched, "aborted", objective="latency", followup=True)
+    step(table, sched)
+    finish(sched, "aborted", completed=False)  # no follow-up comes after an abort
+    assert step(table, sched) == ["bulk"]
+
+    table, sched, _ = clocked(followup_hold_s=0.0)
+    add(table, sched, "bulk", n_tokens=100, objective="throughput")
+    add(table, sched, "link", objective="latency", followup=True)
+    step(table, sched)
+    finish(sched, "link")
+    assert step(table, sched) == ["bulk"]
+
+    table, sched, _ = clocked(followup_hold_s=0.05)
+    add(table, sched, "map", n_tokens=50, objective="throughput", priority=1)
+    add(table, sched, "bulk", n_tokens=100, objective="throughput")
+    add(table, sched, "link", objective="latency", followup=True)
+    step(table, sched)
+    finish(sched, "link")
+    assert step(table, sched) == ["map"]  # on a latency path itself; background waits
+
+
+def test_a_latency_fill_is_always_followed_and_a_reschedule_keeps_the_follow_up():
+    table, sched, _ = clocked(followup_hold_s=0.05)
+    add(table, sched, "bulk", n_tokens=100, objective="throughput")
+    ctx = table.create("prefix")
+    ctx.token_ids.extend(range(7000, 7008))
+    fill = Sequence("fill:prefix", ctx, Scheduling(objective="latency"), 0.0, None)
+    sched.add(fill)
+    step(table, sched)
+    sched.remove(fill, completed=True)  # the generate forking it comes next
+    assert step(table, sched) == []
+
+    table, sched, _ = clocked(followup_hold_s=0.05)
+    link = add(table, sched, "link", objective="throughput", followup=True)
+    assert sched.reschedule("link", Scheduling(objective="latency"))  # a late GET's rank...
+    assert link.is_latency and link.scheduling.followup  # ...and what it feeds is unchanged
+
+
+def test_scheduler_config_rejects_a_negative_hold():
+    with pytest.raises(ValueError, match="followup_hold_s"):
+        SchedulerConfig(followup_hold_s=-1)
+
+
 def test_a_share_of_1_lets_throughput_into_every_step():
     table, sched = setup(max_step_tokens=64, latency_step_tokens=16, throughput_share=1.0)
     add(table, sched, "bulk", n_tokens=100, objective="throughput")
