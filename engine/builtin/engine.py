@@ -265,9 +265,10 @@ class BuiltinEngine:
             if self._commands.empty():
                 # Idle, or throughput work holding off for a follow-up: sleep until a
                 # command (the follow-up itself) wakes us or the hold runs out.
-                wait = 1.0 if not len(self.scheduler) else 0.0
-                if len(self.scheduler) and not stepped:
-                    wait = self.scheduler.hold_left()
+                if not len(self.scheduler):
+                    wait = 1.0
+                else:
+                    wait = 0.0 if stepped else self.scheduler.hold_left()
                 if wait > 0:
                     self._wake.wait(timeout=wait)
                     self._wake.clear()

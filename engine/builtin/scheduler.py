@@ -19,7 +19,7 @@ with latency (a map stage before a latency-critical reduce), which is on a laten
 A latency-critical call's next step comes a moment after it finishes: the gateway hands its
 output to the dependent call (a chain's next link, a call's next output, the generate that
 forks a fill) and sends that one. On an idle-looking engine that moment is enough for
-throughput work to start a full step (about 0.4 s of prefill here) that the follow-up then
+throughput work to start a full step (0.4-0.9 s of prefill here) that the follow-up then
 waits out. So when work the gateway marked `followup` (or a latency-critical fill) finishes,
 throughput work holds off for up to `followup_hold_s`, or until latency work arrives.
 """
@@ -32,8 +32,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
-
-import msgspec
 
 from engine.builtin.contexts import ContextTable
 from engine.builtin.sequence import Sequence, Status
@@ -133,9 +131,6 @@ class Scheduler:
             if seq.context.context_id == context_id:
                 self._release_rank("app", seq.scheduling.app_id)
                 self._release_rank("group", seq.scheduling.group_id)
-                if seq.scheduling.followup and not scheduling.followup:
-                    # What the work feeds has not changed, only its rank.
-                    scheduling = msgspec.structs.replace(scheduling, followup=True)
                 seq.scheduling = scheduling
                 self._order(seq)
                 return True
@@ -158,11 +153,15 @@ class Scheduler:
             self._hold_until = self._clock() + self.config.followup_hold_s
 
     def hold_left(self) -> float:
-        """Seconds throughput work still holds off for a latency follow-up (0: none)."""
+        """Seconds throughput work still holds off for a latency follow-up (0: none).
+
+        Latency work arriving ends the hold (`add`); latency work already live outranks
+        throughput work anyway, so the hold only matters once none is left.
+        """
         if not self._hold_until:
             return 0.0
         left = self._hold_until - self._clock()
-        if left <= 0 or self.num_latency_live:
+        if left <= 0:
             self._hold_until = 0.0
             return 0.0
         return left

@@ -39,15 +39,21 @@ async def test_a_get_right_after_submission_sets_the_objective_before_dispatch(s
         assert seen["<<a>> "].app_id == f"{TENANT}/{sid}"
 
 
+async def two_links(core, sid):
+    """a, then b reading a's output."""
+    (a,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="a")], False)
+    (b,) = await core.submit(
+        sid, TENANT, [call("b<<{{input:x}}>> {{output:y}}", x={"var": a.outputs["y"]})], False
+    )
+    return a, b
+
+
 async def test_each_link_of_a_latency_chain_announces_its_follow_up(services):
     fake = CopyFakeEngine("e0")
     async with services([fake], admission_quiet_s=0.1, admission_max_hold_s=0.5) as s:
         core = s.core
         sid = (await core.create_session(TENANT)).session_id
-        (a,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="a")], False)
-        (b,) = await core.submit(
-            sid, TENANT, [call("b<<{{input:x}}>> {{output:y}}", x={"var": a.outputs["y"]})], False
-        )
+        _, b = await two_links(core, sid)
         # Two outputs: the second one's generate follows the first at once.
         (c,) = await core.submit(
             sid,
@@ -73,10 +79,7 @@ async def test_a_promoted_link_announces_the_follow_up_the_get_made_latency_crit
     async with services([fake], admission_quiet_s=0.0, admission_max_hold_s=0.0) as s:
         core = s.core
         sid = (await core.create_session(TENANT)).session_id
-        (a,) = await core.submit(sid, TENANT, [call("<<{{input:x}}>> {{output:y}}", x="a")], False)
-        (b,) = await core.submit(
-            sid, TENANT, [call("b<<{{input:x}}>> {{output:y}}", x={"var": a.outputs["y"]})], False
-        )
+        a, b = await two_links(core, sid)
         await fake.started.wait()  # a went out as throughput: nobody was waiting yet
         view = await core.get_variable(sid, TENANT, b.outputs["y"], "latency", 5)
         assert view.value == "A"

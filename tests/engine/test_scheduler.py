@@ -136,12 +136,20 @@ def finish(sched, name, completed=True):
     sched.remove(next(s for s in sched.running if s.request_id == name), completed)
 
 
-def test_throughput_holds_off_for_the_follow_up_of_a_finished_link():
-    table, sched, now = clocked(followup_hold_s=0.05)
+def after_a_link(hold_s=0.05, completed=True, prioritized=False):
+    """Background work waits while a link marked `followup` runs; then the link ends."""
+    table, sched, now = clocked(followup_hold_s=hold_s)
+    if prioritized:
+        add(table, sched, "map", n_tokens=50, objective="throughput", priority=1)
     add(table, sched, "bulk", n_tokens=100, objective="throughput")
-    add(table, sched, "link1", objective="latency", followup=True)
+    add(table, sched, "link", objective="latency", followup=True)
     step(table, sched)
-    finish(sched, "link1")
+    finish(sched, "link", completed)
+    return table, sched, now
+
+
+def test_throughput_holds_off_for_the_follow_up_of_a_finished_link():
+    table, sched, now = after_a_link()
     # The next link is on its way: the engine waits for it instead of a long prefill.
     assert step(table, sched) == [] and sched.hold_left() == pytest.approx(0.05)
     now[0] += 0.01
@@ -153,41 +161,22 @@ def test_throughput_holds_off_for_the_follow_up_of_a_finished_link():
 
 
 def test_a_hold_ends_when_no_follow_up_comes():
-    table, sched, now = clocked(followup_hold_s=0.05)
-    add(table, sched, "bulk", n_tokens=100, objective="throughput")
-    add(table, sched, "link", objective="latency", followup=True)
-    step(table, sched)
-    finish(sched, "link")
+    table, sched, now = after_a_link()
     assert step(table, sched) == []
     now[0] += 0.051
     assert sched.hold_left() == 0.0 and step(table, sched) == ["bulk"]
 
 
 def test_no_hold_after_an_abort_with_a_hold_of_0_or_for_prioritized_throughput():
-    table, sched, _ = clocked(followup_hold_s=0.05)
-    add(table, sched, "bulk", n_tokens=100, objective="throughput")
-    add(table, sched, "aborted", objective="latency", followup=True)
-    step(table, sched)
-    finish(sched, "aborted", completed=False)  # no follow-up comes after an abort
+    table, sched, _ = after_a_link(completed=False)  # no follow-up comes after an abort
     assert step(table, sched) == ["bulk"]
-
-    table, sched, _ = clocked(followup_hold_s=0.0)
-    add(table, sched, "bulk", n_tokens=100, objective="throughput")
-    add(table, sched, "link", objective="latency", followup=True)
-    step(table, sched)
-    finish(sched, "link")
+    table, sched, _ = after_a_link(hold_s=0.0)
     assert step(table, sched) == ["bulk"]
-
-    table, sched, _ = clocked(followup_hold_s=0.05)
-    add(table, sched, "map", n_tokens=50, objective="throughput", priority=1)
-    add(table, sched, "bulk", n_tokens=100, objective="throughput")
-    add(table, sched, "link", objective="latency", followup=True)
-    step(table, sched)
-    finish(sched, "link")
+    table, sched, _ = after_a_link(prioritized=True)
     assert step(table, sched) == ["map"]  # on a latency path itself; background waits
 
 
-def test_a_latency_fill_is_always_followed_and_a_reschedule_keeps_the_follow_up():
+def test_a_latency_fill_is_always_followed():
     table, sched, _ = clocked(followup_hold_s=0.05)
     add(table, sched, "bulk", n_tokens=100, objective="throughput")
     ctx = table.create("prefix")
@@ -197,11 +186,6 @@ def test_a_latency_fill_is_always_followed_and_a_reschedule_keeps_the_follow_up(
     step(table, sched)
     sched.remove(fill, completed=True)  # the generate forking it comes next
     assert step(table, sched) == []
-
-    table, sched, _ = clocked(followup_hold_s=0.05)
-    link = add(table, sched, "link", objective="throughput", followup=True)
-    assert sched.reschedule("link", Scheduling(objective="latency"))  # a late GET's rank...
-    assert link.is_latency and link.scheduling.followup  # ...and what it feeds is unchanged
 
 
 def test_scheduler_config_rejects_a_negative_hold():
