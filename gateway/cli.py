@@ -67,6 +67,13 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="turn off automatic block-hash prefix reuse (the request-level baseline)",
     )
+    g.add_argument(
+        "--no-native-attention",
+        dest="native_attention",
+        action="store_false",
+        default=None,
+        help="CPU decode attention with torch ops instead of the C kernel (kernels/native.py)",
+    )
     g.add_argument("--max-batch-size", type=int, help="sequences stepped together (default 64)")
     g.add_argument("--max-step-tokens", type=int, help="token budget per step (default 512)")
     g.add_argument("--latency-cap", type=int, help="batch cap while latency work is live")

@@ -31,6 +31,7 @@ def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineCl
         dtype=settings.dtype,
         kv_cache_mb=settings.kv_cache_mb,
         enable_prefix_cache=settings.prefix_cache,
+        native_attention=settings.native_attention,
         num_threads=settings.threads,
         max_batch_size=settings.max_batch_size,
         max_step_tokens=settings.max_step_tokens,

@@ -65,10 +65,10 @@ async def _prefill_rate(eng, n: int, vocab: int) -> float:
     return n / dt
 
 
-async def _decode_rate(eng, batch: int, new: int, vocab: int) -> float:
+async def _decode_rate(eng, batch: int, new: int, vocab: int, context: int) -> float:
     await _generate(eng, "warm", _tokens(3, 16, vocab), 4)
     times = await asyncio.gather(
-        *(_generate(eng, f"d{i}", _tokens(10 + i, 16, vocab), new) for i in range(batch))
+        *(_generate(eng, f"d{i}", _tokens(10 + i, context, vocab), new) for i in range(batch))
     )
     start = max(t[0] for t in times)
     end = max(t[1] for t in times)
@@ -97,23 +97,27 @@ async def _shared_prefix(eng, shared: bool, users: int, prefix_len: int, new: in
 async def bench_parrot(model: LoadedModel, args) -> dict:
     vocab = model.config.vocab_size
     out: dict = {"prefill": {}, "decode": {}, "shared_prefix": {}}
+    native = not args.no_native_attention
     for n in args.prefill:
-        eng = _engine(model, args.dtype, max_step_tokens=max(args.prefill))
+        eng = _engine(model, args.dtype, max_step_tokens=max(args.prefill), native_attention=native)
         await eng.start()
         out["prefill"][n] = await _prefill_rate(eng, n, vocab)
         await eng.close()
     for b in args.batch:
-        eng = _engine(model, args.dtype)
+        eng = _engine(model, args.dtype, native_attention=native)
         await eng.start()
         # The median of several runs: a shared 2-core machine has slow periods.
         runs = sorted(
-            [await _decode_rate(eng, b, args.new_tokens, vocab) for _ in range(args.repeat)]
+            [
+                await _decode_rate(eng, b, args.new_tokens, vocab, args.decode_context)
+                for _ in range(args.repeat)
+            ]
         )
         out["decode"][b] = runs[len(runs) // 2]
         out.setdefault("decode_runs", {})[b] = runs
         await eng.close()
     for shared in (False, True):
-        eng = _engine(model, args.dtype, enable_prefix_cache=False)
+        eng = _engine(model, args.dtype, enable_prefix_cache=False, native_attention=native)
         await eng.start()
         wall, peak = await _shared_prefix(
             eng, shared, args.users, args.prefix_len, args.shared_new_tokens, vocab
@@ -145,7 +149,7 @@ def bench_transformers(model: LoadedModel, args) -> dict:
             hf(ids)
             out["prefill"][n] = n / (time.perf_counter() - t0)
         for b in args.batch:
-            ids = torch.tensor([_tokens(10 + i, 16, vocab) for i in range(b)])
+            ids = torch.tensor([_tokens(10 + i, args.decode_context, vocab) for i in range(b)])
             kw = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
             runs = []
             for _ in range(args.repeat):
@@ -169,7 +173,8 @@ def _table(res: dict, args) -> str:
         lines.append(f"{f'prefill tok/s ({n} tokens)':<44}{p['prefill'][n]:>12.0f}{hv}")
     for b in args.batch:
         hv = f"{h['decode'][b]:>14.0f}" if h else f"{'-':>14}"
-        lines.append(f"{f'decode tok/s (batch {b})':<44}{p['decode'][b]:>12.1f}{hv}")
+        at = f", {args.decode_context}-tok context" if args.decode_context != 16 else ""
+        lines.append(f"{f'decode tok/s (batch {b}{at})':<44}{p['decode'][b]:>12.1f}{hv}")
     sp = p["shared_prefix"]
     ns, fk = sp["not_shared"], sp["forked"]
     label = f"{args.users} users x {args.prefix_len}-tok prefix"
@@ -191,11 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefill", type=int, nargs="+", default=[512, 2048])
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument(
+        "--decode-context", type=int, default=16, help="prompt tokens before the decode runs"
+    )
     ap.add_argument("--users", type=int, default=16)
     ap.add_argument("--prefix-len", type=int, default=1000)
     ap.add_argument("--shared-new-tokens", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3, help="decode runs per batch (median)")
     ap.add_argument("--no-transformers", action="store_true")
+    ap.add_argument(
+        "--no-native-attention", action="store_true", help="decode attention with torch ops"
+    )
     ap.add_argument("--json", default="bench-results/engine.json")
     args = ap.parse_args(argv)
     model = load_model(args.model)
@@ -206,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             "threads": torch.get_num_threads(),
         },
         "dtype": args.dtype,
+        "decode_context": args.decode_context,
+        "native_attention": not args.no_native_attention,
         "parrot": asyncio.run(bench_parrot(model, args)),
     }
     if not args.no_transformers:

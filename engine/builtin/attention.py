@@ -29,6 +29,7 @@ from kernels.cpu import (
 from kernels.merge import merge_attention_states
 
 if TYPE_CHECKING:
+    from kernels.native import PagedDecode
     from kernels.triton.step import TritonAttention
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
@@ -63,18 +64,22 @@ class AttentionPlan:
         slot_mapping: torch.Tensor,
         num_decode: int,
         decode_tables: torch.Tensor | None,
+        decode_lens: torch.Tensor | None,
         decode_bias: torch.Tensor | None,
         groups: list[SharedGroup],
         prefills: list[PrefillSpan],
+        native: PagedDecode | None = None,
     ):
         self.kv = kv
         self.scale = scale
         self.slot_mapping = slot_mapping
         self.num_decode = num_decode
         self.decode_tables = decode_tables
-        self.decode_bias = decode_bias
+        self.decode_lens = decode_lens
+        self.decode_bias = decode_bias  # only for the torch path
         self.groups = groups
         self.prefills = prefills
+        self.native = native
 
     @classmethod
     def build(
@@ -85,8 +90,12 @@ class AttentionPlan:
         decodes: list[tuple[list[int], int]],
         prefills: list[tuple[list[int], int, int]],
         share_prefixes: bool = True,
+        native: PagedDecode | None = None,
     ) -> AttentionPlan:
-        """decodes: (block table, length incl. the new token); prefills: (table, start, n)."""
+        """decodes: (block table, length incl. the new token); prefills: (table, start, n).
+
+        `native`: the C decode kernel (kernels/native.py); None keeps the torch ops.
+        """
         bs = kv.block_size
         dtype = kv.k.dtype
         group = num_heads // kv.k.shape[2]
@@ -116,7 +125,7 @@ class AttentionPlan:
                 for r in rows:
                     skip[r] = num_blocks
 
-        decode_tables = decode_bias = None
+        decode_tables = decode_lens = decode_bias = None
         if decodes:
             lens = [length - skip[i] * bs for i, (_, length) in enumerate(decodes)]
             width = -(-max(lens) // bs)
@@ -125,17 +134,21 @@ class AttentionPlan:
                 own = table[skip[i] :]
                 tables[i, : len(own)] = torch.tensor(own)
             decode_tables = tables
-            valid = torch.arange(width * bs).unsqueeze(0) < torch.tensor(lens).unsqueeze(1)
-            decode_bias = mask_to_bias(valid, dtype)
+            decode_lens = torch.tensor(lens, dtype=torch.long)
+            if native is None:
+                valid = torch.arange(width * bs).unsqueeze(0) < decode_lens.unsqueeze(1)
+                decode_bias = mask_to_bias(valid, dtype)
         return cls(
             kv,
             scale,
             torch.tensor(slot_mapping, dtype=torch.long),
             len(decodes),
             decode_tables,
+            decode_lens,
             decode_bias,
             groups,
             spans,
+            native,
         )
 
     def __call__(
@@ -146,15 +159,7 @@ class AttentionPlan:
         out = torch.empty_like(q)
         nd = self.num_decode
         if nd:
-            shape = (-1, self.kv.block_size, *k_flat.shape[1:])
-            dec, lse = decode_attention(
-                q[:nd],
-                k_flat.view(shape),
-                v_flat.view(shape),
-                self.decode_tables,
-                self.decode_bias,
-                self.scale,
-            )
+            dec, lse = self._decode(q[:nd], k_flat, v_flat)
             for g in self.groups:
                 pk, pv = k_flat[g.prefix_slots], v_flat[g.prefix_slots]
                 p_out, p_lse = prefix_attention(q[g.rows], pk, pv, self.scale)
@@ -170,6 +175,25 @@ class AttentionPlan:
                 span.bias,
             )
         return out
+
+    def _decode(
+        self, q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each decode row against its own (private) blocks: output and log-sum-exp."""
+        bs = self.kv.block_size
+        if self.native is not None:
+            return self.native(
+                q, k_flat, v_flat, self.decode_tables, self.decode_lens, bs, self.scale
+            )
+        shape = (-1, bs, *k_flat.shape[1:])
+        return decode_attention(
+            q,
+            k_flat.view(shape),
+            v_flat.view(shape),
+            self.decode_tables,
+            self.decode_bias,
+            self.scale,
+        )
 
 
 def _shared_groups(decodes: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:

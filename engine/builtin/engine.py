@@ -88,7 +88,9 @@ class BuiltinEngine:
         self.blocks = BlockManager(num_blocks, options.block_size, options.enable_prefix_cache)
         self.contexts = ContextTable(self.blocks, self.kv.copy_block)
         self.scheduler = Scheduler(options.scheduler, self.contexts)
-        self.runner = ModelRunner(self.model, self.kv, options.share_prefix_attention)
+        self.runner = ModelRunner(
+            self.model, self.kv, options.share_prefix_attention, options.native_attention
+        )
         self.eos_ids = tuple(self.tokenizer.eos_token_ids)
         self._info = EngineInfo(
             engine_id=options.engine_id,

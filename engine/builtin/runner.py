@@ -8,15 +8,30 @@ from engine.builtin.attention import AttentionPlan, device_plan
 from engine.builtin.kv_cache import KVCache
 from engine.builtin.model import LlamaModel
 from engine.builtin.scheduler import Chunk
-from kernels import dispatch
+from kernels import dispatch, native
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, kv: KVCache, share_prefixes: bool = True):
+    def __init__(
+        self,
+        model: LlamaModel,
+        kv: KVCache,
+        share_prefixes: bool = True,
+        native_attention: bool = True,
+    ):
         self.model = model
         self.kv = kv
         self.share_prefixes = share_prefixes
         self.scale = model.config.head_dim**-0.5
+        c = model.config
+        # CPU decode attention in C where it builds (kernels/native.py); else torch ops.
+        self.native = None
+        if (
+            native_attention
+            and model.device.type == "cpu"
+            and native.PagedDecode.supports(kv.k.dtype, c.num_heads, c.num_kv_heads, c.head_dim)
+        ):
+            self.native = native.load()
         # CUDA: Triton attention plans, and graphs for decode-only steps (kernels/dispatch.py).
         self.on_device = model.device.type != "cpu"
         self.graphs = None
@@ -45,18 +60,27 @@ class ModelRunner:
             ids.extend(ctx.token_ids[start:end])
             positions.extend(range(start, end))
             row_of[id(c.seq)] = len(ids) - 1
-        build = device_plan if self.on_device else AttentionPlan.build
-        plan = build(
-            self.kv,
-            self.scale,
-            self.model.config.num_heads,
-            [(c.seq.context.block_table, c.seq.context.num_computed + 1) for c in decodes],
-            [
-                (c.seq.context.block_table, c.seq.context.num_computed, c.num_tokens)
-                for c in prefills
-            ],
-            share_prefixes=self.share_prefixes,
-        )
+        decode_spans = [
+            (c.seq.context.block_table, c.seq.context.num_computed + 1) for c in decodes
+        ]
+        prefill_spans = [
+            (c.seq.context.block_table, c.seq.context.num_computed, c.num_tokens) for c in prefills
+        ]
+        heads = self.model.config.num_heads
+        if self.on_device:
+            plan = device_plan(
+                self.kv, self.scale, heads, decode_spans, prefill_spans, self.share_prefixes
+            )
+        else:
+            plan = AttentionPlan.build(
+                self.kv,
+                self.scale,
+                heads,
+                decode_spans,
+                prefill_spans,
+                self.share_prefixes,
+                self.native,
+            )
         rows = [row_of[id(c.seq)] for c in chunks if c.sample]
         if self.graphs is not None and self.graphs.covers(plan):
             logits = self.graphs.run(ids, positions, plan, rows)

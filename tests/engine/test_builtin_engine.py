@@ -29,6 +29,7 @@ from engine.protocol import (
     SamplingParams,
     Scheduling,
 )
+from kernels import native
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -382,3 +383,24 @@ async def test_step_trace_splits_each_step_by_objective(tiny_model, tmp_path):
     assert sum(s["lat_tokens"] for s in steps) == 5 + 2
     assert all(s["lat_tokens"] + s["tput_tokens"] <= 16 and s["s"] >= 0 for s in steps)
     assert [s["t"] for s in steps] == sorted(s["t"] for s in steps)
+
+
+async def test_cpu_decode_runs_the_c_kernel_unless_turned_off(tiny_model):
+    """Where the C decode kernel builds, the engine uses it; `native_attention=False` keeps
+    the torch ops. Both serve a decode over several blocks. (The kernel is bf16 only; the
+    other engine tests run float32, so on the torch path.)"""
+    kernel_here = native.load() is not None
+    for flag in (True, False):
+        eng = make_engine(tiny_model, dtype="bfloat16", native_attention=flag)
+        assert (eng.runner.native is not None) == (flag and kernel_here)
+        await eng.start()
+        try:
+            out, _ = await run(
+                eng,
+                f"n{flag}",
+                prompt(5, 40),
+                sampling=SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True),
+            )
+            assert len(out) == 30
+        finally:
+            await eng.close()

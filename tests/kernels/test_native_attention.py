@@ -1,0 +1,117 @@
+"""The C decode kernel (kernels/native.py) against the naive reference, on fresh random inputs."""
+
+from __future__ import annotations
+
+import logging
+import random
+
+import pytest
+import torch
+
+from kernels import native
+from kernels.reference import reference_paged_decode
+
+BS = 16
+KERNEL = native.load()
+needs_kernel = pytest.mark.skipif(
+    KERNEL is None, reason="no C compiler or no AVX-512 here: the engine uses torch ops"
+)
+needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C compiler")
+
+
+def _case(seed: int, hq: int, hkv: int, d: int, lens: list[int]):
+    """Shuffled, padded block tables over a random bf16 cache; q rows strided like the
+    engine's (a view into a wider qkv tensor)."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    need = sum(-(-n // BS) for n in lens) + 4
+    k = torch.randn(need, BS, hkv, d).to(torch.bfloat16)
+    v = torch.randn(need, BS, hkv, d).to(torch.bfloat16)
+    order = list(range(need))
+    rng.shuffle(order)
+    tables, at = [], 0
+    for n in lens:
+        nb = -(-n // BS)
+        tables.append(order[at : at + nb])
+        at += nb
+    width = max(len(t) for t in tables) or 1
+    padded = torch.zeros(len(lens), width, dtype=torch.long)
+    for i, t in enumerate(tables):
+        padded[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    qkv = torch.randn(len(lens), hq + 2 * hkv, d).to(torch.bfloat16)
+    return qkv[:, :hq], k, v, tables, padded
+
+
+def _check(kernel, seed, hq, hkv, d, lens):
+    q, k, v, tables, padded = _case(seed, hq, hkv, d, lens)
+    flat = (-1, hkv, d)
+    out, lse = kernel(q, k.view(flat), v.view(flat), padded, torch.tensor(lens), BS, d**-0.5)
+    ref_out, ref_lse = reference_paged_decode(q, k, v, tables, lens)
+    assert out.dtype == torch.bfloat16 and lse.dtype == torch.float32
+    # bf16 output: one rounding of values of magnitude <= ~3 is at most ~0.016.
+    assert (out.float() - ref_out.float()).abs().max() < 0.03
+    assert (lse - ref_lse).abs().max() < 1e-3
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize(("hq", "hkv", "d"), [(9, 3, 64), (4, 2, 16), (8, 8, 32), (8, 1, 128)])
+def test_matches_reference_with_uneven_lengths_and_shuffled_blocks(seed, hq, hkv, d):
+    rng = random.Random(seed)
+    lens = [1, 15, 16, 17, 33] + [rng.randint(1, 300) for _ in range(4)]
+    _check(KERNEL, seed, hq, hkv, d, lens)
+
+
+@needs_kernel
+def test_long_context_single_sequence():
+    _check(KERNEL, 7, 9, 3, 64, [3001])
+
+
+@needs_kernel
+def test_empty_sequence_gives_minus_infinity_lse_and_zeros():
+    """A row whose keys all sit in a shared prefix has nothing private to attend; the merge
+    then takes the prefix's result unchanged (weight e^-inf = 0)."""
+    q, k, v, _, padded = _case(0, 4, 2, 16, [0, 20])
+    out, lse = KERNEL(
+        q, k.view(-1, 2, 16), v.view(-1, 2, 16), padded, torch.tensor([0, 20]), BS, 1.0
+    )
+    assert torch.isneginf(lse[0]).all() and (out[0] == 0).all()
+    assert torch.isfinite(lse[1]).all()
+
+
+@needs_kernel
+def test_a_shape_the_kernel_does_not_handle_is_refused_not_miscomputed():
+    q = torch.zeros(1, 2, 24, dtype=torch.bfloat16)
+    kv = torch.zeros(BS, 1, 24, dtype=torch.bfloat16)
+    with pytest.raises(native.NativeError):
+        KERNEL(q, kv, kv, torch.zeros(1, 1, dtype=torch.long), torch.tensor([3]), BS, 1.0)
+    assert not native.PagedDecode.supports(torch.bfloat16, 2, 1, 24)
+    assert not native.PagedDecode.supports(torch.float32, 9, 3, 64)
+
+
+@needs_compiler
+def test_portable_build_without_vector_units_is_correct_too(tmp_path):
+    """Built for baseline x86-64 (or whatever the compiler targets by default), the plain-C
+    path must compute the same thing; `load()` would not pick it, as it is slower."""
+    kernel = native.PagedDecode(native.build(("-O2",), out_dir=tmp_path))
+    _check(kernel, 3, 9, 3, 64, [1, 17, 200])
+
+
+@needs_compiler
+def test_build_is_cached_by_source_and_flags(tmp_path):
+    first = native.build(("-O2",), out_dir=tmp_path)
+    mtime = first.stat().st_mtime_ns
+    assert native.build(("-O2",), out_dir=tmp_path) == first
+    assert first.stat().st_mtime_ns == mtime
+    assert native.build(("-O1",), out_dir=tmp_path) != first
+    assert not list(tmp_path.glob("tmp*"))  # no half-written files left behind
+
+
+def test_without_a_working_compiler_load_falls_back_with_the_reason(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("PARROT_KERNEL_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    with caplog.at_level(logging.WARNING, logger="kernels.native"):
+        assert native.load() is None
+    assert "native decode attention unavailable" in caplog.text
+    assert "false" in caplog.text
+    assert not list(tmp_path.rglob("*.so"))
