@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from litestar import Controller, get
+from litestar.params import FromPath
 
 from gateway.errors import model_not_found
 from gateway.protocol.responses import ModelCard, ModelList
@@ -34,7 +35,7 @@ class ModelsController(Controller):
         summary="Describe one model",
         responses=error_responses(401, 404),
     )
-    async def retrieve(self, request: AnyRequest, model_id: str) -> ModelCard:
+    async def retrieve(self, request: AnyRequest, model_id: FromPath[str]) -> ModelCard:
         await authorize(request)
         model_id = model_id.lstrip("/")
         card = _cards(request).get(model_id)

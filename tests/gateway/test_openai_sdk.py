@@ -171,6 +171,9 @@ def test_models(client: openai.OpenAI) -> None:
     assert model.id == "echo" and model.object == "model" and model.owned_by == "parrot"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("nope")
+    # Hugging Face style ids carry a slash; the route must still reach the handler.
+    with pytest.raises(openai.NotFoundError, match="org/nope"):
+        client.models.retrieve("org/nope")
 
 
 async def test_async_chat_and_stream(async_client: openai.AsyncOpenAI) -> None:
