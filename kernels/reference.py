@@ -6,6 +6,8 @@ grouped KV heads, softmax in float64.
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 
@@ -60,3 +62,23 @@ def reference_paged_decode(
         outs.append(out[0])
         lses.append(lse[0])
     return torch.stack(outs), torch.stack(lses)
+
+
+def random_block_tables(
+    rng: random.Random, lens: list[int], num_blocks: int, block_size: int
+) -> tuple[list[list[int]], torch.Tensor]:
+    """Test inputs for the paged paths: each sequence's blocks drawn from a shuffled pool (so
+    tables are neither ordered nor contiguous), as lists for the oracle and as one padded
+    [B, max blocks] int64 tensor (padding: block 0) for the fast paths."""
+    order = list(range(num_blocks))
+    rng.shuffle(order)
+    tables, at = [], 0
+    for n in lens:
+        nb = -(-n // block_size)
+        tables.append(order[at : at + nb])
+        at += nb
+    assert at <= num_blocks, "not enough blocks for these lengths"
+    padded = torch.zeros(len(lens), max(1, *(len(t) for t in tables)), dtype=torch.long)
+    for i, table in enumerate(tables):
+        padded[i, : len(table)] = torch.tensor(table, dtype=torch.long)
+    return tables, padded

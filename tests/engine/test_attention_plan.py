@@ -16,16 +16,32 @@ from kernels.reference import reference_attention, reference_paged_decode
 BS = 16
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_shared_prefix_groups_match_reference(seed: int):
+def _random_cache(seed: int, num_blocks: int, dtype: torch.dtype):
+    """A seeded rng, the tiny config, a KV cache of random values and its block ids shuffled
+    (pop them to build tables that are neither ordered nor contiguous)."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     cfg = tiny_config()
-    kv = KVCache(cfg, num_blocks=128, block_size=BS, dtype=torch.float32)
+    kv = KVCache(cfg, num_blocks=num_blocks, block_size=BS, dtype=dtype)
     kv.k.normal_()
     kv.v.normal_()
-    free = list(range(128))
+    free = list(range(num_blocks))
     rng.shuffle(free)
+    return rng, cfg, kv, free
+
+
+def _step_qkv(cfg, t: int, dtype: torch.dtype):
+    """A step's fresh q, k, v for `t` tokens."""
+    return (
+        torch.randn(t, cfg.num_heads, cfg.head_dim).to(dtype),
+        torch.randn(t, cfg.num_kv_heads, cfg.head_dim).to(dtype),
+        torch.randn(t, cfg.num_kv_heads, cfg.head_dim).to(dtype),
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shared_prefix_groups_match_reference(seed: int):
+    rng, cfg, kv, free = _random_cache(seed, 128, torch.float32)
     decodes = []
     for _ in range(2):  # two groups, each with its own shared prefix of 2-4 full blocks
         prefix = [free.pop() for _ in range(rng.randint(2, 4))]
@@ -39,10 +55,7 @@ def test_shared_prefix_groups_match_reference(seed: int):
 
     plan = AttentionPlan.build(kv, cfg.head_dim**-0.5, cfg.num_heads, decodes, prefills)
     assert len(plan.groups) == 2
-    t = len(decodes) + 13
-    q = torch.randn(t, cfg.num_heads, cfg.head_dim)
-    k = torch.randn(t, cfg.num_kv_heads, cfg.head_dim)
-    v = torch.randn(t, cfg.num_kv_heads, cfg.head_dim)
+    q, k, v = _step_qkv(cfg, len(decodes) + 13, torch.float32)
     out = plan(0, q, k, v)
 
     k_blocks = kv.k[0].view(128, BS, cfg.num_kv_heads, cfg.head_dim)
@@ -70,22 +83,12 @@ def test_sharing_off_builds_no_groups():
 def test_native_decode_kernel_gives_the_same_plan_result_as_torch(seed: int):
     """Shared groups, loners and a prefill in one bf16 step: the C decode path and the torch
     path agree (the groups' prefix halves and the merge are common to both)."""
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    cfg = tiny_config()
-    kv = KVCache(cfg, num_blocks=64, block_size=BS, dtype=torch.bfloat16)
-    kv.k.normal_()
-    kv.v.normal_()
-    free = list(range(64))
-    rng.shuffle(free)
+    rng, cfg, kv, free = _random_cache(seed, 64, torch.bfloat16)
     prefix = [free.pop() for _ in range(3)]
     decodes = [(prefix + [free.pop()], 3 * BS + rng.randint(1, BS)) for _ in range(3)]
     decodes.append(([free.pop(), free.pop()], rng.randint(17, 32)))
     prefills = [([free.pop() for _ in range(2)], 5, 11)]
-    t = len(decodes) + 11
-    q = torch.randn(t, cfg.num_heads, cfg.head_dim).to(torch.bfloat16)
-    k = torch.randn(t, cfg.num_kv_heads, cfg.head_dim).to(torch.bfloat16)
-    v = torch.randn(t, cfg.num_kv_heads, cfg.head_dim).to(torch.bfloat16)
+    q, k, v = _step_qkv(cfg, len(decodes) + 11, torch.bfloat16)
     outs = []
     for kernel in (None, native.load()):
         plan = AttentionPlan.build(

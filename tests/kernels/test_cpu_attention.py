@@ -9,7 +9,12 @@ import torch
 
 from kernels.cpu import causal_attention, decode_attention, mask_to_bias, prefix_attention
 from kernels.merge import merge_attention_states
-from kernels.reference import gather_paged, reference_attention, reference_paged_decode
+from kernels.reference import (
+    gather_paged,
+    random_block_tables,
+    reference_attention,
+    reference_paged_decode,
+)
 
 HKV, HQ, D, BS = 3, 9, 32, 16
 
@@ -35,14 +40,8 @@ def test_decode_matches_reference_with_uneven_lengths_and_shuffled_blocks(seed: 
     rng = random.Random(seed)
     torch.manual_seed(seed)
     k, v = _paged(64)
-    order = list(range(64))
-    rng.shuffle(order)
     lens = [rng.randint(1, 90) for _ in range(6)]
-    tables, at = [], 0
-    for n in lens:
-        nb = -(-n // BS)
-        tables.append(order[at : at + nb])
-        at += nb
+    tables, _ = random_block_tables(rng, lens, 64, BS)
     q = torch.randn(len(lens), HQ, D)
     padded, valid = _tables(tables, lens)
     out, lse = decode_attention(q, k, v, padded, mask_to_bias(valid, q.dtype), D**-0.5)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kernels import native
-from kernels.reference import reference_paged_decode
+from kernels.reference import random_block_tables, reference_paged_decode
 
 BS = 16
 KERNEL = native.load()
@@ -22,22 +22,11 @@ needs_compiler = pytest.mark.skipif(native.compiler() is None, reason="no C comp
 def _case(seed: int, hq: int, hkv: int, d: int, lens: list[int]):
     """Shuffled, padded block tables over a random bf16 cache; q rows strided like the
     engine's (a view into a wider qkv tensor)."""
-    rng = random.Random(seed)
     torch.manual_seed(seed)
     need = sum(-(-n // BS) for n in lens) + 4
     k = torch.randn(need, BS, hkv, d).to(torch.bfloat16)
     v = torch.randn(need, BS, hkv, d).to(torch.bfloat16)
-    order = list(range(need))
-    rng.shuffle(order)
-    tables, at = [], 0
-    for n in lens:
-        nb = -(-n // BS)
-        tables.append(order[at : at + nb])
-        at += nb
-    width = max(len(t) for t in tables) or 1
-    padded = torch.zeros(len(lens), width, dtype=torch.long)
-    for i, t in enumerate(tables):
-        padded[i, : len(t)] = torch.tensor(t, dtype=torch.long)
+    tables, padded = random_block_tables(random.Random(seed), lens, need, BS)
     qkv = torch.randn(len(lens), hq + 2 * hkv, d).to(torch.bfloat16)
     return qkv[:, :hq], k, v, tables, padded
 

@@ -19,7 +19,12 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from kernels import merge as torch_merge
-from kernels.reference import gather_paged, reference_attention, reference_paged_decode
+from kernels.reference import (
+    gather_paged,
+    random_block_tables,
+    reference_attention,
+    reference_paged_decode,
+)
 from kernels.triton.decode import paged_decode
 from kernels.triton.merge import merge_attention_states, merge_partials
 from kernels.triton.prefill import paged_prefill
@@ -47,17 +52,8 @@ def _poisoned(*shape: int, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _shuffled_tables(rng: random.Random, lens: list[int], num_blocks: int, bs: int = BS):
-    order = list(range(num_blocks))
-    rng.shuffle(order)
-    tables, at = [], 0
-    for n in lens:
-        nb = -(-n // bs)
-        tables.append(order[at : at + nb])
-        at += nb
-    padded = torch.zeros(len(lens), max(len(t) for t in tables), dtype=torch.int32)
-    for i, t in enumerate(tables):
-        padded[i, : len(t)] = torch.tensor(t)
-    return tables, padded.to(DEV)
+    tables, padded = random_block_tables(rng, lens, num_blocks, bs)
+    return tables, padded.to(DEV, torch.int32)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
