@@ -25,6 +25,8 @@ from engine.builtin.options import EngineOptions
 from engine.builtin.scheduler import SchedulerConfig
 from engine.protocol import FillRequest, GenerateRequest, SamplingParams
 
+DECODE_CONTEXT = 16  # default prompt tokens before a decode run (the table says when it differs)
+
 
 def _tokens(seed: int, n: int, vocab: int) -> list[int]:
     rng = random.Random(seed)
@@ -173,7 +175,7 @@ def _table(res: dict, args) -> str:
         lines.append(f"{f'prefill tok/s ({n} tokens)':<44}{p['prefill'][n]:>12.0f}{hv}")
     for b in args.batch:
         hv = f"{h['decode'][b]:>14.0f}" if h else f"{'-':>14}"
-        at = f", {args.decode_context}-tok context" if args.decode_context != 16 else ""
+        at = f", {args.decode_context}-tok context" if args.decode_context != DECODE_CONTEXT else ""
         lines.append(f"{f'decode tok/s (batch {b}{at})':<44}{p['decode'][b]:>12.1f}{hv}")
     sp = p["shared_prefix"]
     ns, fk = sp["not_shared"], sp["forked"]
@@ -197,7 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument(
-        "--decode-context", type=int, default=16, help="prompt tokens before the decode runs"
+        "--decode-context",
+        type=int,
+        default=DECODE_CONTEXT,
+        help="prompt tokens before the decode runs",
     )
     ap.add_argument("--users", type=int, default=16)
     ap.add_argument("--prefix-len", type=int, default=1000)

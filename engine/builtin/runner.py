@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from engine.builtin.attention import AttentionPlan, device_plan
@@ -24,19 +26,23 @@ class ModelRunner:
         self.share_prefixes = share_prefixes
         self.scale = model.config.head_dim**-0.5
         c = model.config
+        self.on_device = model.device.type != "cpu"
         # CPU decode attention in C where it builds (kernels/native.py); else torch ops.
         self.native = None
         if (
             native_attention
-            and model.device.type == "cpu"
+            and not self.on_device
             and native.PagedDecode.supports(kv.k.dtype, c.num_heads, c.num_kv_heads, c.head_dim)
         ):
             self.native = native.load()
+        self._build_plan = (
+            device_plan
+            if self.on_device
+            else functools.partial(AttentionPlan.build, native=self.native)
+        )
         # CUDA: Triton attention plans, and graphs for decode-only steps (kernels/dispatch.py).
-        self.on_device = model.device.type != "cpu"
         self.graphs = None
         if self.on_device:
-            c = model.config
             max_blocks = min(-(-c.context_length // kv.block_size), kv.num_blocks)
             self.graphs = dispatch.decode_graphs(
                 model.forward, kv, self.scale, c.num_heads, max_blocks
@@ -60,27 +66,17 @@ class ModelRunner:
             ids.extend(ctx.token_ids[start:end])
             positions.extend(range(start, end))
             row_of[id(c.seq)] = len(ids) - 1
-        decode_spans = [
-            (c.seq.context.block_table, c.seq.context.num_computed + 1) for c in decodes
-        ]
-        prefill_spans = [
-            (c.seq.context.block_table, c.seq.context.num_computed, c.num_tokens) for c in prefills
-        ]
-        heads = self.model.config.num_heads
-        if self.on_device:
-            plan = device_plan(
-                self.kv, self.scale, heads, decode_spans, prefill_spans, self.share_prefixes
-            )
-        else:
-            plan = AttentionPlan.build(
-                self.kv,
-                self.scale,
-                heads,
-                decode_spans,
-                prefill_spans,
-                self.share_prefixes,
-                self.native,
-            )
+        plan = self._build_plan(
+            self.kv,
+            self.scale,
+            self.model.config.num_heads,
+            [(c.seq.context.block_table, c.seq.context.num_computed + 1) for c in decodes],
+            [
+                (c.seq.context.block_table, c.seq.context.num_computed, c.num_tokens)
+                for c in prefills
+            ],
+            share_prefixes=self.share_prefixes,
+        )
         rows = [row_of[id(c.seq)] for c in chunks if c.sample]
         if self.graphs is not None and self.graphs.covers(plan):
             logits = self.graphs.run(ids, positions, plan, rows)

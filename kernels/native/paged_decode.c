@@ -168,7 +168,8 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
 
 #endif
 
-/* Returns 0, or -1 when a shape is outside what this kernel handles (nothing written). */
+/* Returns 0; -1 when a shape is outside what this kernel handles (nothing written); -2 when
+ * a work item could not allocate its scores (that item's rows are left unwritten). */
 int paged_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const uint16_t *v,
                  const int64_t *tables, int64_t nb, const int64_t *lens, int b_count, int hq,
                  int hkv, int d, int bs, float scale, uint16_t *out, float *lse, int threads) {
