@@ -68,11 +68,12 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
         help="turn off automatic block-hash prefix reuse (the request-level baseline)",
     )
     g.add_argument(
-        "--no-native-attention",
-        dest="native_attention",
+        "--no-native-kernels",
+        dest="native_kernels",
         action="store_false",
         default=None,
-        help="CPU decode attention with torch ops instead of the C kernel (kernels/native.py)",
+        help="CPU decode attention and layer ops (norms, rotary, SwiGLU) with torch ops "
+        "instead of the C kernels (kernels/native.py)",
     )
     g.add_argument("--max-batch-size", type=int, help="sequences stepped together (default 64)")
     g.add_argument("--max-step-tokens", type=int, help="token budget per step (default 512)")

@@ -1,16 +1,21 @@
-"""Decode attention in C over paged bf16 KV (kernels/native/paged_decode.c), built on first use.
+"""CPU kernels in C, built on first use: decode attention over paged bf16 KV
+(kernels/native/paged_decode.c) and a layer's small ops (kernels/native/layer_ops.c).
 
-Why C: the torch path (kernels/cpu.py) gathers every sequence's KV blocks into a new tensor,
-then runs a flash-attention kernel made for long query blocks over the 3 query rows a
-grouped-query decode has per KV head. The C kernel reads the blocks in place, loads each K/V
-row once per head group and runs the softmax in AVX-512; a layer's decode attention takes
-2-4x less time (docs/BENCHMARKS.md, "Engine").
+Why C for attention: the torch path (kernels/cpu.py) gathers every sequence's KV blocks into
+a new tensor, then runs a flash-attention kernel made for long query blocks over the 3 query
+rows a grouped-query decode has per KV head. The C kernel reads the blocks in place, loads
+each K/V row once per head group and runs the softmax in AVX-512; a layer's decode attention
+takes 2-4x less time (docs/BENCHMARKS.md, "Engine").
+
+Why C for RMSNorm, rotary embedding and SwiGLU: in torch each is several elementwise ops,
+and at decode batch sizes their fixed cost per op outweighs the work (RMSNorm alone took
+about a tenth of a batch-32 step). In C each is one pass with one rounding to bf16.
 
 The library is compiled with the system C compiler (`$CC`, else `cc`/`gcc`) into a per-user
-cache, named by a hash of the source and the flags, so each machine builds it once (about
+cache, named by a hash of the sources and the flags, so each machine builds it once (about
 a second). Without a compiler, or where the vectorized path does not compile (no
-AVX-512), `load()` returns None with the reason logged, and the engine keeps the torch path
-(as it does with `--no-native-attention`). `PARROT_KERNEL_CACHE` moves the cache.
+AVX-512), `load()` returns None with the reason logged, and the engine keeps torch ops
+(as it does with `--no-native-kernels`). `PARROT_KERNEL_CACHE` moves the cache.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("native") / "paged_decode.c"
+# One library: decode attention and the per-layer ops (norm, rotary, SwiGLU).
+SOURCES = tuple(Path(__file__).with_name("native") / n for n in ("paged_decode.c", "layer_ops.c"))
 # Tried in order: the machine's own vector units with OpenMP threads, then without OpenMP
 # (a compiler without it still gets a working, single-threaded kernel).
 FLAG_SETS = (
@@ -52,17 +58,17 @@ def compiler() -> str | None:
 
 
 def build(flags: tuple[str, ...], cc: str | None = None, out_dir: Path | None = None) -> Path:
-    """Compile the kernel with `flags`; returns the shared library's path (reused if built).
+    """Compile the kernels with `flags`; returns the shared library's path (reused if built).
 
     Raises RuntimeError with the compiler's message when it fails.
     """
     cc = cc or compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((cc, *flags)).encode()).hexdigest()[:16]
+    sources = b"".join(src.read_bytes() for src in SOURCES)
+    key = hashlib.sha256(sources + " ".join((cc, *flags)).encode()).hexdigest()[:16]
     out_dir = out_dir or cache_dir()
-    target = out_dir / f"paged_decode-{key}.so"
+    target = out_dir / f"parrot_kernels-{key}.so"
     if target.is_file():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +76,7 @@ def build(flags: tuple[str, ...], cc: str | None = None, out_dir: Path | None = 
     # half-written library.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
-    cmd = [cc, *flags, "-shared", "-fPIC", str(SOURCE), "-o", tmp, "-lm"]
+    cmd = [cc, *flags, "-shared", "-fPIC", *map(str, SOURCES), "-o", tmp, "-lm"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
         if done.returncode != 0:
@@ -82,18 +88,31 @@ def build(flags: tuple[str, ...], cc: str | None = None, out_dir: Path | None = 
     return target
 
 
-class PagedDecode:
-    """The loaded kernel: `__call__` mirrors kernels.cpu.decode_attention, with lengths in
-    place of the padding bias."""
+def _bind(lib: ctypes.CDLL, name: str, *argtypes) -> ctypes._CFuncPtr:
+    fn = getattr(lib, name)
+    fn.restype, fn.argtypes = _I, list(argtypes)
+    return fn
+
+
+class Library:
+    """The built library, loaded: `decode` (attention) and `ops` (the per-layer ops)."""
 
     def __init__(self, path: Path):
-        lib = ctypes.CDLL(str(path))  # CDLL releases the GIL for the call's duration
-        self.vectorized = bool(lib.paged_decode_vectorized())
-        self._fn = lib.paged_decode
-        self._fn.restype = _I
-        self._fn.argtypes = [_P, _I64, _P, _P, _P, _I64, _P, _I, _I, _I, _I, _I]
-        self._fn.argtypes += [ctypes.c_float, _P, _P, _I]
+        lib = ctypes.CDLL(str(path))  # CDLL releases the GIL for each call's duration
+        # Both sources are built with the same flags, so they agree on vectorization.
+        self.vectorized = bool(lib.paged_decode_vectorized()) and bool(lib.layer_ops_vectorized())
+        self.decode = PagedDecode(lib)
+        self.ops = LayerOps(lib)
         self.path = path
+
+
+class PagedDecode:
+    """The attention kernel: `__call__` mirrors kernels.cpu.decode_attention, with lengths
+    in place of the padding bias."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        args = (_P, _I64, _P, _P, _P, _I64, _P, _I, _I, _I, _I, _I, ctypes.c_float, _P, _P, _I)
+        self._fn = _bind(lib, "paged_decode", *args)
 
     @staticmethod
     def supports(dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int) -> bool:
@@ -152,18 +171,99 @@ class PagedDecode:
         return out, lse
 
 
-def load() -> PagedDecode | None:
-    """The vectorized kernel for this machine, or None (reason logged) to keep the torch path."""
+class LayerOps:
+    """RMSNorm, rotary embedding and SwiGLU over bf16 rows (kernels/native/layer_ops.c), for
+    any widths. Each call checks its tensors, since the C side trusts its pointers."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        f = ctypes.c_float
+        self._rms = _bind(lib, "rms_norm", _P, _I64, _P, _P, _I64, _I64, f, _I)
+        self._rope = _bind(lib, "rope_inplace", _P, _I64, _P, _I64, _I, _I, _P, _P, _I)
+        self._silu = _bind(lib, "silu_mul", _P, _I64, _I64, _P, _I)
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """x [T, H] bf16 (rows may be strided) -> x / rms(x) * weight, a new [T, H] tensor."""
+        _check_rows(x, weight.shape[0])
+        assert weight.dtype == torch.bfloat16 and weight.is_contiguous()
+        out = torch.empty(x.shape, dtype=x.dtype)
+        rows, dim = x.shape
+        status = self._rms(
+            x.data_ptr(),
+            x.stride(0),
+            weight.data_ptr(),
+            out.data_ptr(),
+            rows,
+            dim,
+            eps,
+            torch.get_num_threads(),
+        )
+        _ok(status, "rms_norm", x)
+        return out
+
+    def rope_(
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        heads: int,
+        head_dim: int,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+    ) -> None:
+        """Rotates the first `heads` heads of each row of x [T, W] bf16 in place, row r by
+        position positions[r]; cos/sin: float32 [P, head_dim / 2] with P > every position
+        (the caller checks that once a step: here it would cost a pass per layer)."""
+        _check_rows(x, heads * head_dim, at_least=True)
+        assert positions.dtype == torch.long and positions.is_contiguous()
+        assert positions.shape[0] == x.shape[0]
+        half = (cos.shape[0], head_dim // 2)
+        assert cos.dtype == sin.dtype == torch.float32 and cos.shape == sin.shape == half
+        assert cos.is_contiguous() and sin.is_contiguous()
+        status = self._rope(
+            x.data_ptr(),
+            x.stride(0),
+            positions.data_ptr(),
+            x.shape[0],
+            heads,
+            head_dim,
+            cos.data_ptr(),
+            sin.data_ptr(),
+            torch.get_num_threads(),
+        )
+        _ok(status, "rope_inplace", x)
+
+    def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """gate_up [T, 2N] bf16 contiguous (gate, then up) -> silu(gate) * up, [T, N]."""
+        assert gate_up.dtype == torch.bfloat16 and gate_up.is_contiguous()
+        rows, n = gate_up.shape[0], gate_up.shape[1] // 2
+        assert gate_up.shape[1] == 2 * n
+        out = torch.empty(rows, n, dtype=gate_up.dtype)
+        status = self._silu(gate_up.data_ptr(), rows, n, out.data_ptr(), torch.get_num_threads())
+        _ok(status, "silu_mul", gate_up)
+        return out
+
+
+def _check_rows(x: torch.Tensor, width: int, at_least: bool = False) -> None:
+    assert x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.dim() == 2
+    assert x.stride(1) == 1 and (x.shape[1] >= width if at_least else x.shape[1] == width)
+
+
+def _ok(status: int, name: str, x: torch.Tensor) -> None:
+    if status != 0:
+        raise NativeError(f"{name} returned {status} for a tensor of shape {tuple(x.shape)}")
+
+
+def load() -> Library | None:
+    """The vectorized kernels for this machine, or None (reason logged) to keep torch ops."""
     errors = []
     for flags in FLAG_SETS:
         try:
-            kernel = PagedDecode(build(flags))
+            library = Library(build(flags))
         except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
             errors.append(str(exc))
             continue
-        if kernel.vectorized:
-            return kernel
+        if library.vectorized:
+            return library
         errors.append(f"built with {' '.join(flags)} but without AVX-512")
         break
-    log.warning("native decode attention unavailable, using torch: %s", "; ".join(errors))
+    log.warning("native CPU kernels unavailable, using torch ops: %s", "; ".join(errors))
     return None

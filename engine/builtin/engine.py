@@ -57,7 +57,7 @@ from engine.protocol import (
     RescheduleRequest,
     Usage,
 )
-from kernels import dispatch
+from kernels import dispatch, native
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,19 @@ class BuiltinEngine:
             tune_malloc()
         if options.num_threads:
             torch.set_num_threads(options.num_threads)
+        # The C kernels serve bf16 on CPU; each part checks the model's shapes itself.
+        kernels = (
+            native.load()
+            if options.native_kernels and options.device == "cpu" and dtype == torch.bfloat16
+            else None
+        )
         self.model = LlamaModel(
-            loaded.config, loaded.weights, dtype, options.device, options.q4_max_rows
+            loaded.config,
+            loaded.weights,
+            dtype,
+            options.device,
+            options.q4_max_rows,
+            native_ops=kernels.ops if kernels else None,
         )
         num_blocks = options.num_blocks or max(
             64,
@@ -89,7 +100,10 @@ class BuiltinEngine:
         self.contexts = ContextTable(self.blocks, self.kv.copy_block)
         self.scheduler = Scheduler(options.scheduler, self.contexts)
         self.runner = ModelRunner(
-            self.model, self.kv, options.share_prefix_attention, options.native_attention
+            self.model,
+            self.kv,
+            options.share_prefix_attention,
+            kernels.decode if kernels else None,
         )
         self.eos_ids = tuple(self.tokenizer.eos_token_ids)
         self._info = EngineInfo(

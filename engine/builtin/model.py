@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from engine.builtin import quant
 from engine.builtin.config import ModelConfig
+from engine.builtin.layer_ops import LayerOps, NativeLayerOps, TorchLayerOps
+from kernels import native
 
 
 class Attention(Protocol):
@@ -83,9 +85,12 @@ class LlamaModel:
         dtype: torch.dtype = torch.bfloat16,
         device: str | torch.device = "cpu",
         q4_max_rows: int = 8,
+        native_ops: native.LayerOps | None = None,
     ):
         """`q4_max_rows`: batches of at most this many tokens use the 4-bit weights when the
-        model's weights are exactly 4-bit representable (0 disables the 4-bit path)."""
+        model's weights are exactly 4-bit representable (0 disables the 4-bit path).
+        `native_ops`: the C kernels for norms, rotary embedding and SwiGLU, used for bf16 on
+        CPU; None keeps torch ops."""
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
@@ -126,7 +131,11 @@ class LlamaModel:
                 for name in ("qkv", "o", "gate_up", "down"):
                     setattr(layer, name, _prepack(getattr(layer, name)))
             self.lm_head = _prepack(self.lm_head)
-        self._init_rope()
+        self.ops: LayerOps = (
+            NativeLayerOps(native_ops, config)
+            if native_ops is not None and dtype == torch.bfloat16 and self.device.type == "cpu"
+            else TorchLayerOps(config, dtype, self.device)
+        )
 
     def _init_q4(self, weights: dict[str, torch.Tensor], max_rows: int) -> None:
         packs = []
@@ -150,18 +159,6 @@ class LlamaModel:
             layer.q4 = q4
         self.q4_max_rows = max_rows
 
-    def _init_rope(self) -> None:
-        c = self.config
-        inv_freq = 1.0 / (
-            c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim)
-        )
-        angles = torch.outer(torch.arange(c.context_length, dtype=torch.float64), inv_freq)
-        # Rotate-half RoPE as one fused multiply-add:
-        #   rope(x) = x * [cos, cos] + roll(x, D/2) * [-sin, sin]
-        cos, sin = angles.cos(), angles.sin()
-        self._cos = torch.cat((cos, cos), -1).to(self.device, self.dtype)
-        self._sin = torch.cat((-sin, sin), -1).to(self.device, self.dtype)
-
     @torch.inference_mode()
     def forward(
         self,
@@ -174,22 +171,20 @@ class LlamaModel:
         c = self.config
         t = input_ids.shape[0]
         hq, hkv, d = c.num_heads, c.num_kv_heads, c.head_dim
-        eps, hidden = c.rms_norm_eps, (c.hidden_size,)
-        cos = self._cos[positions].unsqueeze(1)
-        sin = self._sin[positions].unsqueeze(1)
+        eps, ops = c.rms_norm_eps, self.ops
+        rotate = ops.rotation(positions)
         x = F.embedding(input_ids, self.embed)
         use_q4 = t <= self.q4_max_rows
         for i, layer in enumerate(self.layers):
             q4 = layer.q4 if use_q4 else None
-            h = F.rms_norm(x, hidden, layer.attn_norm, eps)
+            h = ops.rms_norm(x, layer.attn_norm, eps)
             qkv = _project(h, layer.qkv, q4, "qkv", self.packed)
-            qk = qkv[:, : (hq + hkv) * d].view(t, hq + hkv, d)
-            qk = torch.addcmul(qk * cos, qk.roll(d // 2, dims=-1), sin)
+            qk = rotate(qkv)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
             attn = attention(i, qk[:, :hq], qk[:, hq:], v)
             x = _residual(x, attn.reshape(t, hq * d), layer.o, q4, "o", self.packed)
-            h = F.rms_norm(x, hidden, layer.mlp_norm, eps)
-            gate, up = _project(h, layer.gate_up, q4, "gate_up", self.packed).chunk(2, dim=-1)
-            x = _residual(x, F.silu(gate).mul_(up), layer.down, q4, "down", self.packed)
-        h = F.rms_norm(x.index_select(0, logit_rows), hidden, self.final_norm, eps)
+            h = ops.rms_norm(x, layer.mlp_norm, eps)
+            gate_up = _project(h, layer.gate_up, q4, "gate_up", self.packed)
+            x = _residual(x, ops.silu_mul(gate_up), layer.down, q4, "down", self.packed)
+        h = ops.rms_norm(x.index_select(0, logit_rows), self.final_norm, eps)
         return _project(h, self.lm_head, None, "lm_head", self.packed).float()

@@ -18,7 +18,7 @@ class EngineOptions:
     kv_cache_mb: int = 2048
     enable_prefix_cache: bool = True
     share_prefix_attention: bool = True
-    native_attention: bool = True  # CPU decode attention in C where it builds (kernels/native.py)
+    native_kernels: bool = True  # CPU attention and layer ops in C where built (kernels/native.py)
     q4_max_rows: int = 4  # steps of at most this many tokens use 4-bit weights (0: never)
     num_threads: int | None = None  # torch intra-op threads; default: all cores
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)

@@ -19,22 +19,23 @@ class ModelRunner:
         model: LlamaModel,
         kv: KVCache,
         share_prefixes: bool = True,
-        native_attention: bool = True,
+        native_decode: native.PagedDecode | None = None,
     ):
+        """`native_decode`: the C decode attention kernel, used where the model's head
+        layout allows (CPU only); None keeps torch ops."""
         self.model = model
         self.kv = kv
         self.share_prefixes = share_prefixes
         self.scale = model.config.head_dim**-0.5
         c = model.config
         self.on_device = model.device.type != "cpu"
-        # CPU decode attention in C where it builds (kernels/native.py); else torch ops.
         self.native = None
         if (
-            native_attention
+            native_decode is not None
             and not self.on_device
             and native.PagedDecode.supports(kv.k.dtype, c.num_heads, c.num_kv_heads, c.head_dim)
         ):
-            self.native = native.load()
+            self.native = native_decode
         self._build_plan = (
             device_plan
             if self.on_device

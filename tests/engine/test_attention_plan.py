@@ -90,7 +90,7 @@ def test_native_decode_kernel_gives_the_same_plan_result_as_torch(seed: int):
     prefills = [([free.pop() for _ in range(2)], 5, 11)]
     q, k, v = _step_qkv(cfg, len(decodes) + 11, torch.bfloat16)
     outs = []
-    for kernel in (None, native.load()):
+    for kernel in (None, native.load().decode):
         plan = AttentionPlan.build(
             kv, cfg.head_dim**-0.5, cfg.num_heads, decodes, prefills, native=kernel
         )

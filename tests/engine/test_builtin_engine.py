@@ -11,6 +11,7 @@ import time
 import pytest
 
 from engine.builtin.engine import BuiltinEngine
+from engine.builtin.layer_ops import NativeLayerOps
 from engine.builtin.options import EngineOptions
 from engine.builtin.scheduler import SchedulerConfig
 from engine.errors import (
@@ -385,14 +386,15 @@ async def test_step_trace_splits_each_step_by_objective(tiny_model, tmp_path):
     assert [s["t"] for s in steps] == sorted(s["t"] for s in steps)
 
 
-async def test_cpu_decode_runs_the_c_kernel_unless_turned_off(tiny_model):
-    """Where the C decode kernel builds, the engine uses it; `native_attention=False` keeps
-    the torch ops. Both serve a decode over several blocks. (The kernel is bf16 only; the
-    other engine tests run float32, so on the torch path.)"""
-    kernel_here = native.load() is not None
+async def test_cpu_bf16_runs_the_c_kernels_unless_turned_off(tiny_model):
+    """Where the C kernels build, the engine uses them for decode attention and the layer
+    ops; `native_kernels=False` keeps torch ops. Both serve a decode over several blocks.
+    (The kernels are bf16 only; the other engine tests run float32, so on torch ops.)"""
+    kernels_here = native.load() is not None
     for flag in (True, False):
-        eng = make_engine(tiny_model, dtype="bfloat16", native_attention=flag)
-        assert (eng.runner.native is not None) == (flag and kernel_here)
+        eng = make_engine(tiny_model, dtype="bfloat16", native_kernels=flag)
+        assert (eng.runner.native is not None) == (flag and kernels_here)
+        assert isinstance(eng.model.ops, NativeLayerOps) == (flag and kernels_here)
         await eng.start()
         try:
             out, _ = await run(

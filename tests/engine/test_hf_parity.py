@@ -83,19 +83,32 @@ async def test_greedy_float32_matches_transformers(embedded_model, hf_model):
         assert g == e, f"mismatch for {q!r}:\n ours {tok.decode(g)!r}\n   hf {tok.decode(e)!r}"
 
 
-async def test_chat_answer_is_sensible_in_bfloat16(embedded_model):
+# "What is the capital of France?" is left out on purpose: its first token is a near-tie even
+# in float32 ("The" 25.33 against "L" 25.24 in the logits), which bf16 rounding decides
+# either way (torch's per-op rounding happened to pick "The", the C layer ops pick "L").
+SENSIBLE = [
+    ("What is the capital of Japan?", "Tokyo"),
+    ("Which city is the capital of France?", "Paris"),
+    ("Name the capital city of France.", "Paris"),
+]
+
+
+async def test_chat_answers_are_sensible_in_bfloat16(embedded_model):
     engine = BuiltinEngine(embedded_model, EngineOptions(num_blocks=128))
     await engine.start()
+    answers = []
     try:
-        text = await engine.render_chat([ChatMessage("user", "What is the capital of France?")])
-        req = GenerateRequest(
-            request_id="q",
-            context_id="q",
-            prompt_text=text,
-            sampling=SamplingParams(max_tokens=16, temperature=0.0),
-            free_on_finish=True,
-        )
-        answer = "".join([c.text async for c in engine.generate(req)])
+        for i, (question, _) in enumerate(SENSIBLE):
+            text = await engine.render_chat([ChatMessage("user", question)])
+            req = GenerateRequest(
+                request_id=f"q{i}",
+                context_id=f"q{i}",
+                prompt_text=text,
+                sampling=SamplingParams(max_tokens=16, temperature=0.0),
+                free_on_finish=True,
+            )
+            answers.append("".join([c.text async for c in engine.generate(req)]))
     finally:
         await engine.close()
-    assert "Paris" in answer
+    for (question, city), answer in zip(SENSIBLE, answers, strict=True):
+        assert city in answer, f"{question!r} -> {answer!r}"

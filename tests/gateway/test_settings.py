@@ -35,7 +35,7 @@ def test_env_values_are_converted_and_config_path_from_env(tmp_path: Path) -> No
     env = {"PARROT_PORT": "8123", "PARROT_LOCAL_ENGINE": "false", "PARROT_CONFIG": str(config)}
     settings = load_settings({}, env=env)
     assert settings.port == 8123 and settings.local_engine is False
-    assert load_settings({}, env={"PARROT_NATIVE_ATTENTION": "false"}).native_attention is False
+    assert load_settings({}, env={"PARROT_NATIVE_KERNELS": "false"}).native_kernels is False
     assert settings.health_interval_s == 0.5
 
 

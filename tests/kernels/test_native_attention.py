@@ -12,7 +12,8 @@ from kernels import native
 from kernels.reference import random_block_tables, reference_paged_decode
 
 BS = 16
-KERNEL = native.load()
+LIB = native.load()
+KERNEL = LIB.decode if LIB else None
 needs_kernel = pytest.mark.skipif(
     KERNEL is None, reason="no C compiler or no AVX-512 here: the engine uses torch ops"
 )
@@ -82,7 +83,7 @@ def test_a_shape_the_kernel_does_not_handle_is_refused_not_miscomputed():
 def test_portable_build_without_vector_units_is_correct_too(tmp_path):
     """Built for baseline x86-64 (or whatever the compiler targets by default), the plain-C
     path must compute the same thing; `load()` would not pick it, as it is slower."""
-    kernel = native.PagedDecode(native.build(("-O2",), out_dir=tmp_path))
+    kernel = native.Library(native.build(("-O2",), out_dir=tmp_path)).decode
     _check(kernel, 3, 9, 3, 64, [1, 17, 200])
 
 
@@ -96,6 +97,20 @@ def test_build_is_cached_by_source_and_flags(tmp_path):
     assert not list(tmp_path.glob("tmp*"))  # no half-written files left behind
 
 
+@needs_compiler
+def test_an_edit_to_either_source_builds_a_new_library(tmp_path, monkeypatch):
+    copies = []
+    for src in native.SOURCES:
+        copies.append(tmp_path / src.name)
+        copies[-1].write_bytes(src.read_bytes())
+    monkeypatch.setattr(native, "SOURCES", tuple(copies))
+    built = {native.build(("-O1",), out_dir=tmp_path / "cache")}
+    for copy in copies:
+        copy.write_text(copy.read_text() + "\n/* edited */\n")
+        built.add(native.build(("-O1",), out_dir=tmp_path / "cache"))
+    assert len(built) == 1 + len(copies)
+
+
 @pytest.mark.parametrize("cc", ["false", "/nonexistent/cc"])  # fails; is missing
 def test_without_a_working_compiler_load_falls_back_with_the_reason(
     cc, tmp_path, monkeypatch, caplog
@@ -104,6 +119,6 @@ def test_without_a_working_compiler_load_falls_back_with_the_reason(
     monkeypatch.setenv("CC", cc)
     with caplog.at_level(logging.WARNING, logger="kernels.native"):
         assert native.load() is None
-    assert "native decode attention unavailable" in caplog.text
+    assert "native CPU kernels unavailable" in caplog.text
     assert cc in caplog.text
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing half-built left
