@@ -1,7 +1,8 @@
 """Llama-family decoder in plain PyTorch (RMSNorm, RoPE, grouped-query attention, SwiGLU).
 
 The model runs over a flat batch of tokens from many sequences at once; attention is
-delegated to a per-step `AttentionPlan`, which knows each token's sequence and KV slots.
+delegated to a per-step `AttentionPlan`, which knows each token's sequence and KV slots, and
+the small per-layer ops to `engine/builtin/layer_ops.py` (torch ops, or C kernels on CPU).
 Projections are fused (q|k|v and gate|up) so a step issues few, large matmuls.
 """
 
