@@ -33,8 +33,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# One library: decode attention and the per-layer ops (norm, rotary, SwiGLU).
-SOURCES = tuple(Path(__file__).with_name("native") / n for n in ("paged_decode.c", "layer_ops.c"))
+# One library: decode attention and the per-layer ops (norm, rotary, SwiGLU), which share
+# the bf16 helpers in the header. The build's cache key covers all three files.
+_DIR = Path(__file__).with_name("native")
+SOURCES = (_DIR / "paged_decode.c", _DIR / "layer_ops.c")
+HEADERS = (_DIR / "bf16.h",)
 # Tried in order: the machine's own vector units with OpenMP threads, then without OpenMP
 # (a compiler without it still gets a working, single-threaded kernel).
 FLAG_SETS = (
@@ -65,8 +68,8 @@ def build(flags: tuple[str, ...], cc: str | None = None, out_dir: Path | None = 
     cc = cc or compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    sources = b"".join(src.read_bytes() for src in SOURCES)
-    key = hashlib.sha256(sources + " ".join((cc, *flags)).encode()).hexdigest()[:16]
+    text = b"".join(f.read_bytes() for f in (*SOURCES, *HEADERS))
+    key = hashlib.sha256(text + " ".join((cc, *flags)).encode()).hexdigest()[:16]
     out_dir = out_dir or cache_dir()
     target = out_dir / f"parrot_kernels-{key}.so"
     if target.is_file():

@@ -16,15 +16,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "bf16.h"
+
 #define MAX_GROUP 8
 #define MAX_DIM 256
-
-static inline uint16_t to_bf16(float f) {
-  union { uint32_t u; float f; } c;
-  c.f = f;
-  if ((c.u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN stays NaN */
-  return (uint16_t)((c.u + 0x7fffu + ((c.u >> 16) & 1u)) >> 16); /* round to nearest even */
-}
 
 static inline const uint16_t *row(const uint16_t *base, const int64_t *table, int64_t t,
                                   int bs, int hkv, int h, int d) {
@@ -32,32 +27,8 @@ static inline const uint16_t *row(const uint16_t *base, const int64_t *table, in
 }
 
 #if defined(__AVX512F__)
-#include <immintrin.h>
 
 int paged_decode_vectorized(void) { return 1; }
-
-static inline __m512 load16(const uint16_t *p) { /* 16 bf16 -> 16 float32 */
-  __m512i x = _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(x, 16));
-}
-
-/* e^x for x <= 0: x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial
- * (relative error about 2e-7, below bf16's resolution by far). */
-static inline __m512 exp_nonpositive(__m512 x) {
-  x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
-  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)),
-                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145752f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860677e-6f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                        const int64_t *table, int64_t len, int g_count, int hkv, int h, int d,
@@ -67,12 +38,12 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
   __m512 qv[MAX_GROUP][MAX_DIM / 16];
   for (int g = 0; g < g_count; g++)
     for (int j = 0; j < nv; j++)
-      qv[g][j] = _mm512_mul_ps(load16(q + g * d + 16 * j), _mm512_set1_ps(scale));
+      qv[g][j] = _mm512_mul_ps(load_bf16(q + g * d + 16 * j, 0xffff), _mm512_set1_ps(scale));
 
   for (int64_t t = 0; t < len; t++) {
     const uint16_t *kp = row(k, table, t, bs, hkv, h, d);
     __m512 kr[MAX_DIM / 16];
-    for (int j = 0; j < nv; j++) kr[j] = load16(kp + 16 * j);
+    for (int j = 0; j < nv; j++) kr[j] = load_bf16(kp + 16 * j, 0xffff);
     for (int g = 0; g < g_count; g++) {
       __m512 acc = _mm512_mul_ps(qv[g][0], kr[0]);
       for (int j = 1; j < nv; j++) acc = _mm512_fmadd_ps(qv[g][j], kr[j], acc);
@@ -90,7 +61,8 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     __m512 mg = _mm512_set1_ps(max[g]), total = _mm512_setzero_ps();
     for (int64_t t = 0; t < padded; t += 16) {
       __mmask16 live = t + 16 <= len ? 0xffff : (__mmask16)((1u << (len - t)) - 1);
-      __m512 p = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(_mm512_load_ps(s + t), mg)));
+      __m512 e = exp_nonpositive(_mm512_sub_ps(_mm512_load_ps(s + t), mg));
+      __m512 p = _mm512_maskz_mov_ps(live, e);
       _mm512_store_ps(s + t, p);
       total = _mm512_add_ps(total, p);
     }
@@ -103,7 +75,7 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
   for (int64_t t = 0; t < len; t++) {
     const uint16_t *vp = row(v, table, t, bs, hkv, h, d);
     __m512 vr[MAX_DIM / 16];
-    for (int j = 0; j < nv; j++) vr[j] = load16(vp + 16 * j);
+    for (int j = 0; j < nv; j++) vr[j] = load_bf16(vp + 16 * j, 0xffff);
     for (int g = 0; g < g_count; g++) {
       __m512 p = _mm512_set1_ps(scores[g * padded + t]);
       for (int j = 0; j < nv; j++) acc[g][j] = _mm512_fmadd_ps(p, vr[j], acc[g][j]);
@@ -112,11 +84,8 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
 
   for (int g = 0; g < g_count; g++) {
     __m512 inv = _mm512_set1_ps(1.0f / sum[g]);
-    float tmp[16];
-    for (int j = 0; j < nv; j++) {
-      _mm512_storeu_ps(tmp, _mm512_mul_ps(acc[g][j], inv));
-      for (int i = 0; i < 16; i++) out[g * d + 16 * j + i] = to_bf16(tmp[i]);
-    }
+    for (int j = 0; j < nv; j++)
+      store_bf16(out + g * d + 16 * j, _mm512_mul_ps(acc[g][j], inv), 0xffff);
     lse[g] = max[g] + logf(sum[g]);
   }
 }
@@ -124,12 +93,6 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
 #else /* portable C: correct everywhere, but slower than the torch path, so not used by default */
 
 int paged_decode_vectorized(void) { return 0; }
-
-static inline float from_bf16(uint16_t x) {
-  union { uint32_t u; float f; } c;
-  c.u = (uint32_t)x << 16;
-  return c.f;
-}
 
 static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
                        const int64_t *table, int64_t len, int g_count, int hkv, int h, int d,
@@ -139,7 +102,7 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     max[g] = -INFINITY;
     sum[g] = 0.0f;
     for (int i = 0; i < d; i++) {
-      qf[g][i] = from_bf16(q[g * d + i]) * scale;
+      qf[g][i] = bf16_to_float(q[g * d + i]) * scale;
       acc[g][i] = 0.0f;
     }
   }
@@ -147,7 +110,7 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     const uint16_t *kp = row(k, table, t, bs, hkv, h, d);
     for (int g = 0; g < g_count; g++) {
       float s = 0.0f;
-      for (int i = 0; i < d; i++) s += qf[g][i] * from_bf16(kp[i]);
+      for (int i = 0; i < d; i++) s += qf[g][i] * bf16_to_float(kp[i]);
       scores[g * len + t] = s;
       if (s > max[g]) max[g] = s;
     }
@@ -157,11 +120,11 @@ static void attend_one(const uint16_t *q, const uint16_t *k, const uint16_t *v,
     for (int g = 0; g < g_count; g++) {
       float p = expf(scores[g * len + t] - max[g]);
       sum[g] += p;
-      for (int i = 0; i < d; i++) acc[g][i] += p * from_bf16(vp[i]);
+      for (int i = 0; i < d; i++) acc[g][i] += p * bf16_to_float(vp[i]);
     }
   }
   for (int g = 0; g < g_count; g++) {
-    for (int i = 0; i < d; i++) out[g * d + i] = to_bf16(acc[g][i] / sum[g]);
+    for (int i = 0; i < d; i++) out[g * d + i] = float_to_bf16(acc[g][i] / sum[g]);
     lse[g] = max[g] + logf(sum[g]);
   }
 }

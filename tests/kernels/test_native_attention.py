@@ -98,12 +98,13 @@ def test_build_is_cached_by_source_and_flags(tmp_path):
 
 
 @needs_compiler
-def test_an_edit_to_either_source_builds_a_new_library(tmp_path, monkeypatch):
+def test_an_edit_to_any_source_or_header_builds_a_new_library(tmp_path, monkeypatch):
     copies = []
-    for src in native.SOURCES:
+    for src in (*native.SOURCES, *native.HEADERS):
         copies.append(tmp_path / src.name)
         copies[-1].write_bytes(src.read_bytes())
-    monkeypatch.setattr(native, "SOURCES", tuple(copies))
+    monkeypatch.setattr(native, "SOURCES", tuple(copies[: len(native.SOURCES)]))
+    monkeypatch.setattr(native, "HEADERS", tuple(copies[len(native.SOURCES) :]))
     built = {native.build(("-O1",), out_dir=tmp_path / "cache")}
     for copy in copies:
         copy.write_text(copy.read_text() + "\n/* edited */\n")
