@@ -67,6 +67,7 @@ def test_tiny_model_forward_agrees_across_ops(tiny_model):
     assert (with_c.argmax(-1) == with_torch.argmax(-1)).float().mean() > 0.9
 
 
+@pytest.mark.e2e
 def test_real_model_bf16_logits_are_no_further_from_float32_with_the_c_ops(embedded_model):
     """The kernels round once per op (torch rounds after every step) and keep float32 rotary
     tables, so the bf16 model should track float32 at least as closely as with torch ops."""
