@@ -1,5 +1,6 @@
 """CPU kernels in C, built on first use: decode attention over paged bf16 KV
-(kernels/native/paged_decode.c) and a layer's small ops (kernels/native/layer_ops.c).
+(kernels/native/paged_decode.c), a layer's small ops (kernels/native/layer_ops.c) and the
+decode step's weight matmuls on AMX tiles (kernels/native/tile_matmul.c).
 
 Why C for attention: the torch path (kernels/cpu.py) gathers every sequence's KV blocks into
 a new tensor, then runs a flash-attention kernel made for long query blocks over the 3 query
@@ -10,6 +11,11 @@ takes 2-4x less time (docs/BENCHMARKS.md, "Engine").
 Why C for RMSNorm, rotary embedding and SwiGLU: in torch each is several elementwise ops,
 and at decode batch sizes their fixed cost per op outweighs the work (RMSNorm alone took
 about a tenth of a batch-32 step). In C each is one pass with one rounding to bf16.
+
+Why C for the decode matmuls: a decode step reads every weight once for a few rows, so it
+is bound by memory bandwidth, and oneDNN's AMX path read the weights at about half the
+rate a plain streaming read reaches here. The tile kernel reads weights packed once in its
+own tile order, front to back, exactly once per call (docs/BENCHMARKS.md, "Engine").
 
 The library is compiled with the system C compiler (`$CC`, else `cc`/`gcc`) into a per-user
 cache, named by a hash of the sources and the flags, so each machine builds it once (about
@@ -27,16 +33,17 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 log = logging.getLogger(__name__)
 
-# One library: decode attention and the per-layer ops (norm, rotary, SwiGLU), which share
-# the bf16 helpers in the header. The build's cache key covers all three files.
+# One library: decode attention, the per-layer ops (norm, rotary, SwiGLU) and the tile
+# matmul, which share the bf16 helpers in the header. The build's cache key covers every file.
 _DIR = Path(__file__).with_name("native")
-SOURCES = (_DIR / "paged_decode.c", _DIR / "layer_ops.c")
+SOURCES = (_DIR / "paged_decode.c", _DIR / "layer_ops.c", _DIR / "tile_matmul.c")
 HEADERS = (_DIR / "bf16.h",)
 # Tried in order: the machine's own vector units with OpenMP threads, then without OpenMP
 # (a compiler without it still gets a working, single-threaded kernel).
@@ -98,14 +105,17 @@ def _bind(lib: ctypes.CDLL, name: str, *argtypes) -> ctypes._CFuncPtr:
 
 
 class Library:
-    """The built library, loaded: `decode` (attention) and `ops` (the per-layer ops)."""
+    """The built library, loaded: `decode` (attention), `ops` (the per-layer ops) and
+    `matmul` (the tile matmul; None where the CPU or the OS does not offer AMX tiles)."""
 
     def __init__(self, path: Path):
         lib = ctypes.CDLL(str(path))  # CDLL releases the GIL for each call's duration
-        # Both sources are built with the same flags, so they agree on vectorization.
+        # The sources are built with the same flags, so they agree on vectorization.
         self.vectorized = bool(lib.paged_decode_vectorized()) and bool(lib.layer_ops_vectorized())
         self.decode = PagedDecode(lib)
         self.ops = LayerOps(lib)
+        # Asks the OS for the tile state once per process; False without AMX at build time.
+        self.matmul = TileMatmul(lib) if lib.tile_matmul_available() else None
         self.path = path
 
 
@@ -242,6 +252,67 @@ class LayerOps:
         out = torch.empty(rows, n, dtype=gate_up.dtype)
         status = self._silu(gate_up.data_ptr(), rows, n, out.data_ptr(), torch.get_num_threads())
         _ok(status, "silu_mul", gate_up)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class TileWeight:
+    """A weight [n, k] packed by TileMatmul.pack (the tile order of tile_matmul.c)."""
+
+    data: torch.Tensor
+    n: int
+    k: int
+
+
+class TileMatmul:
+    """out = x @ W.T (+ residual) on AMX tiles, for bf16 weights packed once."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self._pack = _bind(lib, "tile_pack", _P, _I64, _I64, _P)
+        args = (_P, _I64, _I64, _I64, _P, _I64, _P, _I64, _P, _I64, _I)
+        self._linear = _bind(lib, "tile_linear", *args)
+
+    @staticmethod
+    def supports(weight: torch.Tensor) -> bool:
+        n, k = weight.shape
+        return weight.dtype == torch.bfloat16 and n % 32 == 0 and k % 32 == 0
+
+    def pack(self, weight: torch.Tensor) -> TileWeight:
+        """weight [n, k] bf16 (n and k multiples of 32) -> its packed copy."""
+        assert self.supports(weight) and weight.device.type == "cpu"
+        weight = weight.contiguous()
+        n, k = weight.shape
+        data = torch.empty(n * k, dtype=torch.bfloat16)
+        _ok(self._pack(weight.data_ptr(), n, k, data.data_ptr()), "tile_pack", weight)
+        return TileWeight(data, n, k)
+
+    def linear(
+        self, x: torch.Tensor, weight: TileWeight, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x [m, k] bf16 (rows may be strided) -> x @ W.T [m, n], plus `residual` [m, n]
+        (added in float32 before the one rounding) when given."""
+        _check_rows(x, weight.k)
+        m = x.shape[0]
+        out = torch.empty(m, weight.n, dtype=torch.bfloat16)
+        res, res_stride = 0, 0
+        if residual is not None:
+            _check_rows(residual, weight.n)
+            assert residual.shape[0] == m
+            res, res_stride = residual.data_ptr(), residual.stride(0)
+        status = self._linear(
+            x.data_ptr(),
+            x.stride(0),
+            m,
+            weight.k,
+            weight.data.data_ptr(),
+            weight.n,
+            res or None,
+            res_stride,
+            out.data_ptr(),
+            weight.n,
+            torch.get_num_threads(),
+        )
+        _ok(status, "tile_linear", x)
         return out
 
 

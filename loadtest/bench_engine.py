@@ -99,14 +99,14 @@ async def _shared_prefix(eng, shared: bool, users: int, prefix_len: int, new: in
 async def bench_parrot(model: LoadedModel, args) -> dict:
     vocab = model.config.vocab_size
     out: dict = {"prefill": {}, "decode": {}, "shared_prefix": {}}
-    native = not args.no_native_kernels
+    kernels = {"native_kernels": not args.no_native_kernels, "tile_max_rows": args.tile_max_rows}
     for n in args.prefill:
-        eng = _engine(model, args.dtype, max_step_tokens=max(args.prefill), native_kernels=native)
+        eng = _engine(model, args.dtype, max_step_tokens=max(args.prefill), **kernels)
         await eng.start()
         out["prefill"][n] = await _prefill_rate(eng, n, vocab)
         await eng.close()
     for b in args.batch:
-        eng = _engine(model, args.dtype, native_kernels=native)
+        eng = _engine(model, args.dtype, **kernels)
         await eng.start()
         # The median of several runs: a shared 2-core machine has slow periods.
         runs = sorted(
@@ -119,7 +119,7 @@ async def bench_parrot(model: LoadedModel, args) -> dict:
         out.setdefault("decode_runs", {})[b] = runs
         await eng.close()
     for shared in (False, True):
-        eng = _engine(model, args.dtype, enable_prefix_cache=False, native_kernels=native)
+        eng = _engine(model, args.dtype, enable_prefix_cache=False, **kernels)
         await eng.start()
         wall, peak = await _shared_prefix(
             eng, shared, args.users, args.prefix_len, args.shared_new_tokens, vocab
@@ -214,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="torch ops for decode attention and layer ops",
     )
+    ap.add_argument(
+        "--tile-max-rows",
+        type=int,
+        default=EngineOptions().tile_max_rows,
+        help="largest step on the AMX tile matmul (0: oneDNN for every step)",
+    )
     ap.add_argument("--json", default="bench-results/engine.json")
     args = ap.parse_args(argv)
     model = load_model(args.model)
@@ -226,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": args.dtype,
         "decode_context": args.decode_context,
         "native_kernels": not args.no_native_kernels,
+        "tile_max_rows": args.tile_max_rows,
         "parrot": asyncio.run(bench_parrot(model, args)),
     }
     if not args.no_transformers:

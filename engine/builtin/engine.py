@@ -88,6 +88,8 @@ class BuiltinEngine:
             options.device,
             options.q4_max_rows,
             native_ops=kernels.ops if kernels else None,
+            tile_matmul=kernels.matmul if kernels else None,
+            tile_max_rows=options.tile_max_rows,
         )
         num_blocks = options.num_blocks or max(
             64,

@@ -3,7 +3,10 @@
 The model runs over a flat batch of tokens from many sequences at once; attention is
 delegated to a per-step `AttentionPlan`, which knows each token's sequence and KV slots, and
 the small per-layer ops to `engine/builtin/layer_ops.py` (torch ops, or C kernels on CPU).
-Projections are fused (q|k|v and gate|up) so a step issues few, large matmuls.
+Projections are fused (q|k|v and gate|up) so a step issues few, large matmuls. On CPU in
+bf16 a step multiplies by one of several forms of the same weights, chosen by its token
+count (`_path`): the file's own 4-bit groups for the smallest decode batches, the C tile
+matmul's packed copy for decode-size steps, oneDNN's packed layout for prefill.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class LayerWeights:
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
     down: torch.Tensor
     q4: dict[str, quant.Q4Weight] | None = None  # 4-bit forms for small batches
+    tiles: dict[str, native.TileWeight] | None = None  # AMX tile forms for decode batches
+
+
+_PROJECTIONS = ("qkv", "o", "gate_up", "down")
 
 
 _mkldnn = torch.ops.mkldnn if torch.backends.mkldnn.is_available() else None
@@ -48,36 +55,6 @@ def _prepack(w: torch.Tensor) -> torch.Tensor:
     return _mkldnn._reorder_linear_weight(w, 32)
 
 
-def _project(
-    h: torch.Tensor,
-    w: torch.Tensor,
-    q4: dict[str, quant.Q4Weight] | None,
-    name: str,
-    packed: bool,
-) -> torch.Tensor:
-    if q4 is not None:
-        return q4[name].matmul(h)
-    if packed:
-        return _mkldnn._linear_pointwise(h, w, None, "none", [], "")
-    return F.linear(h, w)
-
-
-def _residual(
-    x: torch.Tensor,
-    h: torch.Tensor,
-    w: torch.Tensor,
-    q4: dict[str, quant.Q4Weight] | None,
-    name: str,
-    packed: bool,
-) -> torch.Tensor:
-    """x + h @ w.T with the add fused into the matmul where the backend allows it."""
-    if q4 is not None:
-        return x + q4[name].matmul(h)
-    if packed:
-        return _mkldnn._linear_pointwise.binary(h, x, w, None, "add")
-    return torch.addmm(x, h, w.t())
-
-
 class LlamaModel:
     def __init__(
         self,
@@ -87,11 +64,14 @@ class LlamaModel:
         device: str | torch.device = "cpu",
         q4_max_rows: int = 8,
         native_ops: native.LayerOps | None = None,
+        tile_matmul: native.TileMatmul | None = None,
+        tile_max_rows: int = 64,
     ):
         """`q4_max_rows`: batches of at most this many tokens use the 4-bit weights when the
         model's weights are exactly 4-bit representable (0 disables the 4-bit path).
         `native_ops`: the C kernels for norms, rotary embedding and SwiGLU, used for bf16 on
-        CPU; None keeps torch ops."""
+        CPU; None keeps torch ops. `tile_matmul`: the AMX tile matmul, used for bf16 on CPU
+        in steps of at most `tile_max_rows` tokens (decode; prefill keeps oneDNN)."""
         self.config = config
         self.dtype = dtype
         self.device = torch.device(device)
@@ -125,11 +105,16 @@ class LlamaModel:
         self.q4_max_rows = 0
         if q4_max_rows and quant.available(dtype, self.device):
             self._init_q4(weights, q4_max_rows)
-        # On CPU in bf16 the layer weights live only in oneDNN's packed layout.
         self.packed = _mkldnn is not None and self.device.type == "cpu" and dtype == torch.bfloat16
+        self.tile: native.TileMatmul | None = None
+        self.tile_max_rows = 0
+        if tile_matmul is not None and tile_max_rows and self.packed:
+            self._init_tiles(tile_matmul, tile_max_rows)
+        # On CPU in bf16 the plain layer weights are replaced by oneDNN's packed layout
+        # (after the tile forms were made from them).
         if self.packed:
             for layer in self.layers:
-                for name in ("qkv", "o", "gate_up", "down"):
+                for name in _PROJECTIONS:
                     setattr(layer, name, _prepack(getattr(layer, name)))
             self.lm_head = _prepack(self.lm_head)
         self.ops: LayerOps = (
@@ -160,6 +145,52 @@ class LlamaModel:
             layer.q4 = q4
         self.q4_max_rows = max_rows
 
+    def _init_tiles(self, tile: native.TileMatmul, max_rows: int) -> None:
+        weights = [getattr(layer, name) for layer in self.layers for name in _PROJECTIONS]
+        if not all(map(tile.supports, [*weights, self.lm_head])):
+            return  # a shape the kernel does not tile: every step keeps oneDNN
+        for layer in self.layers:
+            layer.tiles = {name: tile.pack(getattr(layer, name)) for name in _PROJECTIONS}
+        self.tile_head = tile.pack(self.lm_head)
+        self.tile = tile
+        self.tile_max_rows = max_rows
+
+    def _path(self, rows: int) -> str:
+        """Which form of the weights a step of `rows` tokens multiplies by."""
+        if rows <= self.q4_max_rows:
+            return "q4"
+        if self.tile is not None and rows <= self.tile_max_rows:
+            return "tile"
+        return "packed" if self.packed else "plain"
+
+    def _project(self, h: torch.Tensor, layer: LayerWeights, name: str, path: str) -> torch.Tensor:
+        if path == "q4":
+            return layer.q4[name].matmul(h)
+        if path == "tile":
+            return self.tile.linear(h, layer.tiles[name])
+        if path == "packed":
+            return _mkldnn._linear_pointwise(h, getattr(layer, name), None, "none", [], "")
+        return F.linear(h, getattr(layer, name))
+
+    def _residual(
+        self, x: torch.Tensor, h: torch.Tensor, layer: LayerWeights, name: str, path: str
+    ) -> torch.Tensor:
+        """x + h @ w.T with the add fused into the matmul where the path allows it."""
+        if path == "q4":
+            return x + layer.q4[name].matmul(h)
+        if path == "tile":
+            return self.tile.linear(h, layer.tiles[name], residual=x)
+        if path == "packed":
+            return _mkldnn._linear_pointwise.binary(h, x, getattr(layer, name), None, "add")
+        return torch.addmm(x, h, getattr(layer, name).t())
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.tile is not None and h.shape[0] <= self.tile_max_rows:
+            return self.tile.linear(h, self.tile_head).float()
+        if self.packed:
+            return _mkldnn._linear_pointwise(h, self.lm_head, None, "none", [], "").float()
+        return F.linear(h, self.lm_head).float()
+
     @torch.inference_mode()
     def forward(
         self,
@@ -175,17 +206,16 @@ class LlamaModel:
         eps, ops = c.rms_norm_eps, self.ops
         rotate = ops.rotation(positions)
         x = F.embedding(input_ids, self.embed)
-        use_q4 = t <= self.q4_max_rows
+        path = self._path(t)
         for i, layer in enumerate(self.layers):
-            q4 = layer.q4 if use_q4 else None
             h = ops.rms_norm(x, layer.attn_norm, eps)
-            qkv = _project(h, layer.qkv, q4, "qkv", self.packed)
+            qkv = self._project(h, layer, "qkv", path)
             qk = rotate(qkv)
             v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
             attn = attention(i, qk[:, :hq], qk[:, hq:], v)
-            x = _residual(x, attn.reshape(t, hq * d), layer.o, q4, "o", self.packed)
+            x = self._residual(x, attn.reshape(t, hq * d), layer, "o", path)
             h = ops.rms_norm(x, layer.mlp_norm, eps)
-            gate_up = _project(h, layer.gate_up, q4, "gate_up", self.packed)
-            x = _residual(x, ops.silu_mul(gate_up), layer.down, q4, "down", self.packed)
+            gate_up = self._project(h, layer, "gate_up", path)
+            x = self._residual(x, ops.silu_mul(gate_up), layer, "down", path)
         h = ops.rms_norm(x.index_select(0, logit_rows), self.final_norm, eps)
-        return _project(h, self.lm_head, None, "lm_head", self.packed).float()
+        return self._logits(h)

@@ -20,6 +20,8 @@ class EngineOptions:
     share_prefix_attention: bool = True
     native_kernels: bool = True  # CPU attention and layer ops in C where built (kernels/native.py)
     q4_max_rows: int = 4  # steps of at most this many tokens use 4-bit weights (0: never)
+    # Steps of at most this many tokens use the AMX tile matmul where it built (0: never).
+    tile_max_rows: int = 64
     num_threads: int | None = None  # torch intra-op threads; default: all cores
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0

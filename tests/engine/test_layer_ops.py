@@ -86,3 +86,38 @@ def test_real_model_bf16_logits_are_no_further_from_float32_with_the_c_ops(embed
     err_c, err_torch = (with_c - exact).abs().mean(), (with_torch - exact).abs().mean()
     assert err_c <= 1.05 * err_torch, (err_c, err_torch)
     assert (with_c.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.95
+
+
+@pytest.mark.skipif(LIB is None or LIB.matmul is None, reason="no AMX tiles here")
+def test_tiny_model_forward_agrees_between_tile_and_onednn_matmuls(tiny_model):
+    model = LlamaModel(
+        tiny_model.config,
+        tiny_model.weights,
+        torch.bfloat16,
+        q4_max_rows=0,
+        native_ops=LIB.ops,
+        tile_matmul=LIB.matmul,
+        tile_max_rows=64,
+    )
+    assert model.tile is not None and all(layer.tiles for layer in model.layers)
+    assert (model._path(40), model._path(65)) == ("tile", "packed")
+    ids = torch.randint(3, 40000, (40,), generator=torch.Generator().manual_seed(2))
+    with_tiles = _prefill_logits(model, ids)
+    model.tile_max_rows = 0  # every step on oneDNN's packed weights
+    with_onednn = _prefill_logits(model, ids)
+    assert ((with_tiles - with_onednn).abs().max() / with_onednn.abs().max()) < 0.02
+    assert (with_tiles.argmax(-1) == with_onednn.argmax(-1)).float().mean() > 0.9
+
+
+def test_a_step_without_logit_rows_runs_on_every_matmul_path(tiny_model):
+    """A fill asks for no logits: the head must not be sent to a path that is not there."""
+    tiles = LIB.matmul if LIB is not None else None
+    for tile_matmul in {None, tiles}:
+        model = LlamaModel(
+            tiny_model.config, tiny_model.weights, torch.bfloat16, tile_matmul=tile_matmul
+        )
+        cfg, ids = model.config, torch.arange(3, 8)
+        kv = KVCache(cfg, 1, 16, model.dtype)
+        plan = AttentionPlan.build(kv, cfg.head_dim**-0.5, cfg.num_heads, [], [([0], 0, 5)])
+        logits = model.forward(ids, torch.arange(5), plan, torch.empty(0, dtype=torch.long))
+        assert logits.shape == (0, cfg.vocab_size)
