@@ -28,7 +28,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     dtype: str = "bfloat16"
     kv_cache_mb: int = 2048
     prefix_cache: bool = True  # the engine's automatic block-hash prefix cache
-    native_kernels: bool = True  # CPU decode attention and layer ops in C where they build
+    native_kernels: bool = True  # CPU attention, layer ops, decode matmuls in C where built
     max_batch_size: int = 64
     max_step_tokens: int = 512
     latency_cap: int = 64  # max sequences stepped while latency-critical work is live
