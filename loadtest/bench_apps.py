@@ -43,7 +43,7 @@ def cases(workload: str, quick: bool) -> list[tuple[str, Any]]:
             (f"{c}tok/{o}out", chain.ChainParams(chunk_tokens=c, output_tokens=o)) for c, o in sizes
         ]
     if workload == "chain_bg":
-        rates = [1.0, 2.0] if quick else [0.0, 0.5, 1.0, 2.0]
+        rates = [1.0, 2.0] if quick else [0.0, 0.5, 1.0, 2.0, 4.0]
         return [(f"bg {r}/s", (chain.ChainParams(), r)) for r in rates]
     if workload == "map_reduce":
         outs = [25] if quick else [25, 50]
@@ -51,7 +51,7 @@ def cases(workload: str, quick: bool) -> list[tuple[str, Any]]:
     if workload == "shared_prompt":
         burst = shared_prompt.SharedPromptParams()
         rates = shared_prompt.SharedPromptParams(
-            rates=(1.0, 2.0, 4.0) if quick else (0.5, 1.0, 2.0, 4.0, 8.0),
+            rates=(1.0, 2.0, 4.0) if quick else (0.5, 1.0, 2.0, 4.0, 8.0, 16.0),
             requests_per_rate=8 if quick else 24,
         )
         return [("16 users x 700tok", ("burst", burst)), ("4 apps, rates", ("rates", rates))]
