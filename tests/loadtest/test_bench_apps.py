@@ -92,3 +92,12 @@ def test_plots_include_the_mixed_map_reduce_half(tmp_path) -> None:
     paths = draw(results, tmp_path)
     assert {p.name for p in paths} == {"apps_mixed.png", "apps_mixed_map_reduce.png"}
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_mixed_chats_arrive_on_the_same_schedule_in_every_run() -> None:
+    """Prompts are fresh per run, but when chats arrive relative to the map-reduce burst is
+    the case itself: every pass and both RTTs must overlap them alike."""
+    params = mixed.MixedParams(chat_requests=12, chat_rate=1.0)
+    a, b = fresh(params, "case|rtt=0ms|0"), fresh(params, "case|rtt=50ms|2")
+    assert a.seed != b.seed
+    assert mixed.chat_arrivals(a) == mixed.chat_arrivals(b) == [float(i) for i in range(12)]
