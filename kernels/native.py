@@ -294,7 +294,7 @@ class TileMatmul:
         _check_rows(x, weight.k)
         m = x.shape[0]
         out = torch.empty(m, weight.n, dtype=torch.bfloat16)
-        res, res_stride = 0, 0
+        res, res_stride = None, 0
         if residual is not None:
             _check_rows(residual, weight.n)
             assert residual.shape[0] == m
@@ -306,7 +306,7 @@ class TileMatmul:
             weight.k,
             weight.data.data_ptr(),
             weight.n,
-            res or None,
+            res,
             res_stride,
             out.data_ptr(),
             weight.n,

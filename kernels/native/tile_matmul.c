@@ -96,8 +96,7 @@ int tile_linear(const uint16_t *x, int64_t x_stride, int64_t m, int64_t k, const
   if (n % PAIR_N || k % TILE_K || m < 0) return -1;
   if (m == 0) return 0;
   const int64_t kbs = k / TILE_K, pairs = n / PAIR_N, xs = x_stride * 2;
-  /* A call with a single pair is not worth a parallel region (nor are tiny ones generally,
-   * but every projection of the model has dozens of pairs). */
+  /* Threads split the column pairs; never more threads than pairs. */
   int team = pairs < threads ? (int)pairs : threads;
 #pragma omp parallel num_threads(team)
   {
