@@ -28,6 +28,8 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
     by_workload: dict[str, dict[str, dict]] = {}
     for key, row in results.items():
         workload, case = key.split("|", 1)
+        if _is_rate_sweep(key):
+            continue  # drawn as latency-vs-rate curves below, not as bars
         by_workload.setdefault(workload, {})[case] = row
     for workload, rows in by_workload.items():
         names = [n for n in COLORS if any(n in r for r in rows.values())]
@@ -42,7 +44,7 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
             ax.bar(xs, ys, width, label=name, color=COLORS[name])
         ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(rows))])
         ax.set_xticklabels(list(rows), rotation=15, fontsize=7)
-        unit = "s/token" if workload in ("mixed", "shared_prompt") else "seconds"
+        unit = "chat s/token" if workload == "mixed" else "seconds"
         ax.set_ylabel(unit)
         ax.set_title(f"{workload} (lower is better)")
         ax.legend(fontsize=7)
@@ -52,7 +54,7 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     paths += _mixed_map_reduce(results, out_dir, plt)
-    curves = {k: r for k, r in results.items() if k.startswith("shared_prompt|4 apps")}
+    curves = {k: r for k, r in results.items() if _is_rate_sweep(k)}
     for key, row in curves.items():
         fig, ax = plt.subplots(figsize=(5, 3.4))
         for name, res in row.items():
@@ -66,14 +68,30 @@ def draw(results: dict, out_dir: Path) -> list[Path]:
             )
         ax.set_xlabel("request rate (req/s)")
         ax.set_ylabel("normalized latency (s/token)")
-        ax.set_title("GPTs-like: 4 apps behind shared system prompts")
+        bound = min(
+            (r["bound_s_per_token"] for r in row.values() if "bound_s_per_token" in r),
+            default=None,
+        )
+        if bound is not None:
+            ax.axhline(bound, color="black", linestyle=":", linewidth=1, label="bound")
+        ax.set_xscale("log", base=2)
+        lengths = next(
+            (r["app_prompt_tokens"] for r in row.values() if "app_prompt_tokens" in r), []
+        )
+        tokens = f" ({min(lengths)}-{max(lengths)} tokens)" if lengths else ""
+        ax.set_title(f"GPTs-like: 4 apps behind shared system prompts{tokens}", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
-        path = out_dir / f"apps_shared_prompt_rates_{key.rsplit('=', 1)[-1]}.png"
+        long = "_long" if "apps long" in key else ""
+        path = out_dir / f"apps_shared_prompt_rates{long}_{key.rsplit('=', 1)[-1]}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _is_rate_sweep(key: str) -> bool:
+    return key.startswith("shared_prompt|4 apps")
 
 
 def _mixed_map_reduce(results: dict, out_dir: Path, plt) -> list[Path]:

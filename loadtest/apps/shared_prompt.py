@@ -3,7 +3,13 @@
 `burst` is the Bing-Copilot-like case (a batch of users at once behind one long prompt);
 `rates` is the GPTs-like case (four apps with prompts of different lengths, 1:1:1:1,
 Poisson arrivals at rising rates), reporting normalized latency (seconds per output token)
-and the highest tested rate that keeps it under a bound.
+and the sustainable rate: the highest rate, going up, below the first that misses a bound.
+
+Each rate sends arrivals for `window_s` seconds (at least `min_requests`), so a rate the
+system cannot keep up with builds a queue over the window, as a sustained load does; a fixed
+request count would turn the high rates into short bursts that any system drains. Rates
+above the first miss are not run (they would only take longer to miss); instead `refine`
+geometric midpoints between the last rate held and the first missed narrow the answer.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ class SharedPromptParams:
     app_prompt_tokens: tuple[int, ...] = (300, 500, 700, 900)
     output_tokens: int = 32
     rates: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-    requests_per_rate: int = 16
+    window_s: float = 20.0
+    min_requests: int = 8
+    refine: int = 1  # geometric midpoints tried between the last rate held and the first missed
     bound_s_per_token: float = 0.25
     seed: int = 2
 
@@ -69,10 +77,19 @@ async def _burst(ask, p: SharedPromptParams) -> dict:
     return {"e2e_s": time.perf_counter() - t0, "mean_latency_s": statistics.mean(latencies)}
 
 
+def requests_at(p: SharedPromptParams, rate: float) -> int:
+    return max(p.min_requests, round(rate * p.window_s))
+
+
 async def _rates(ask, p: SharedPromptParams) -> dict:
     templates = [template(a, n, p.seed) for a, n in enumerate(p.app_prompt_tokens)]
-    results = {}
-    for k, rate in enumerate(p.rates):
+    results: dict[str, float] = {}
+    requests: dict[str, int] = {}
+    asked = 0
+
+    async def at_rate(rate: float) -> bool:
+        """Runs one rate's arrivals; True if their mean normalized latency kept the bound."""
+        nonlocal asked
         rng = random.Random(p.seed + int(rate * 1000))
 
         async def one(i: int, delay: float, rng_seed: int) -> float:
@@ -82,16 +99,40 @@ async def _rates(ask, p: SharedPromptParams) -> dict:
             await ask(app, templates[app], query(rng_seed), p.output_tokens)
             return (time.perf_counter() - t) / p.output_tokens
 
+        n = requests_at(p, rate)
         delays, at = [], 0.0
-        for _ in range(p.requests_per_rate):
+        for _ in range(n):
             delays.append(at)
             at += rng.expovariate(rate)
         # Every rate asks new questions: a repeated one would be served from prefix caches.
-        first = p.seed * 7919 + k * p.requests_per_rate
+        first = p.seed * 7919 + asked
+        asked += n
         norm = await asyncio.gather(*(one(i, d, first + i) for i, d in enumerate(delays)))
-        results[str(rate)] = statistics.mean(norm)
-    ok = [float(r) for r, v in results.items() if v <= p.bound_s_per_token]
-    return {"normalized_latency": results, "sustainable_rate": max(ok, default=0.0)}
+        results[str(rate)], requests[str(rate)] = statistics.mean(norm), n
+        return results[str(rate)] <= p.bound_s_per_token
+
+    held, missed = 0.0, None
+    for rate in p.rates:
+        if not await at_rate(rate):
+            missed = rate
+            break
+        held = rate
+    # Narrow the step between the last rate held and the first missed (geometric midpoints).
+    for _ in range(p.refine if held and missed else 0):
+        mid = round((held * missed) ** 0.5, 2)
+        if await at_rate(mid):
+            held = mid
+        else:
+            missed = mid
+    return {
+        "normalized_latency": dict(sorted(results.items(), key=lambda kv: float(kv[0]))),
+        "sustainable_rate": held,
+        "first_missed_rate": missed,  # None: the sweep's top rate was held, so it is a floor
+        "bound_s_per_token": p.bound_s_per_token,
+        "app_prompt_tokens": list(p.app_prompt_tokens),
+        "requests": requests,
+        "not_run": [r for r in p.rates if str(r) not in results],
+    }
 
 
 async def run_parrot(api: ParrotApi, p: SharedPromptParams, mode: str = "burst") -> dict:

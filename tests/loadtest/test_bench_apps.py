@@ -47,7 +47,7 @@ SMALL = {
     "multi_agent": multi_agent.MultiAgentParams(files=2),
     "shared_prompt": (
         "rates",
-        shared_prompt.SharedPromptParams(rates=(200.0, 400.0), requests_per_rate=4),
+        shared_prompt.SharedPromptParams(rates=(200.0, 400.0), window_s=0.02, min_requests=4),
     ),
     "mixed": mixed.MixedParams(chat_requests=3, chat_rate=500.0, apps=2, burst_at_s=0.0),
 }
@@ -101,3 +101,95 @@ def test_mixed_chats_arrive_on_the_same_schedule_in_every_run() -> None:
     a, b = fresh(params, "case|rtt=0ms|0"), fresh(params, "case|rtt=50ms|2")
     assert a.seed != b.seed
     assert mixed.chat_arrivals(a) == mixed.chat_arrivals(b) == [float(i) for i in range(12)]
+
+
+class SlowCallsFakeClient:
+    """A fake OpenAI client that answers call number n (from 1) after 0.2 s when `slow(n)`,
+    at once otherwise: which rates of a sweep keep up is then fixed by the call counts."""
+
+    def __init__(self, slow) -> None:
+        self.slow, self.calls = slow, 0
+
+    async def complete(self, prompt: str, max_tokens: int) -> str:
+        self.calls += 1
+        if self.slow(self.calls):
+            await asyncio.sleep(0.2)
+        return "ok"
+
+
+def test_the_rate_sweep_stops_at_the_first_rate_that_misses_the_bound() -> None:
+    params = shared_prompt.SharedPromptParams(
+        rates=(100.0, 200.0, 400.0),
+        window_s=0.04,
+        min_requests=4,
+        output_tokens=1,
+        bound_s_per_token=0.05,
+        refine=0,
+    )
+    client = SlowCallsFakeClient(lambda n: n > 4)
+    res = asyncio.run(shared_prompt.run_baseline(client, params, "rates"))
+    # Arrivals fill the window at each rate: 4 at 100/s, 8 at 200/s; 400/s is never sent.
+    assert res["requests"] == {"100.0": 4, "200.0": 8} and client.calls == 12
+    assert res["sustainable_rate"] == 100.0 and res["first_missed_rate"] == 200.0
+    assert res["not_run"] == [400.0]
+    assert res["normalized_latency"]["200.0"] >= 0.2
+
+
+def test_the_rate_sweep_narrows_the_step_between_held_and_missed() -> None:
+    params = shared_prompt.SharedPromptParams(
+        rates=(100.0, 400.0),
+        window_s=0.04,
+        min_requests=4,
+        output_tokens=1,
+        bound_s_per_token=0.05,
+        refine=2,
+    )
+    # Calls 1-4 are 100/s, 5-20 400/s (slow: missed), 21-28 the midpoint 200/s (held),
+    # 29-39 the next midpoint 282.84/s (slow: missed).
+    client = SlowCallsFakeClient(lambda n: 5 <= n <= 20 or n >= 29)
+    res = asyncio.run(shared_prompt.run_baseline(client, params, "rates"))
+    assert list(res["normalized_latency"]) == ["100.0", "200.0", "282.84", "400.0"]
+    assert res["sustainable_rate"] == 200.0 and res["first_missed_rate"] == 282.84
+    assert client.calls == 39
+    # The top rate held, nothing to narrow: the sustainable rate is only a floor.
+    top = asyncio.run(
+        shared_prompt.run_baseline(SlowCallsFakeClient(lambda n: False), params, "rates")
+    )
+    assert top["sustainable_rate"] == 400.0 and top["first_missed_rate"] is None
+
+
+def test_the_rate_sweep_compares_sustainable_rates() -> None:
+    def swept(rate: float) -> dict:
+        return median_sample(
+            "shared_prompt", [{"normalized_latency": {}, "sustainable_rate": rate}]
+        )
+
+    results = {
+        "shared_prompt|4 apps, 1/sustainable rate|rtt=0ms": {
+            "parrot": swept(16.0),
+            "baseline": swept(4.0),
+            "baseline+apc": swept(0.0),  # missed the bound at the first rate
+        }
+    }
+    cols = table(results).splitlines()[-1].split()
+    assert cols[-3:-1] == ["4.00", "inf"]
+
+
+def test_each_rate_sweep_gets_its_own_curve_plot_and_no_bars(tmp_path) -> None:
+    from loadtest.plots import draw
+
+    def swept(lengths: list[int]) -> dict:
+        run = {
+            "normalized_latency": {"1.0": 0.05, "2.0": 0.3},
+            "sustainable_rate": 1.0,
+            "bound_s_per_token": 0.25,
+            "app_prompt_tokens": lengths,
+        }
+        return median_sample("shared_prompt", [run])
+
+    results = {
+        "shared_prompt|4 apps, 1/sustainable rate|rtt=0ms": {"parrot": swept([300, 900])},
+        "shared_prompt|4 apps long, 1/sustainable rate|rtt=0ms": {"parrot": swept([1100, 7400])},
+    }
+    names = {p.name for p in draw(results, tmp_path)}
+    assert names == {"apps_shared_prompt_rates_0ms.png", "apps_shared_prompt_rates_long_0ms.png"}
