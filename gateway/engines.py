@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from engine.client import EngineClient
@@ -21,6 +22,17 @@ def local_engines(settings: Settings) -> list[EngineClient]:
     return [builtin_engine(settings)]
 
 
+def serving_threads(cores: int | None = None) -> int:
+    """Torch threads for an engine that shares its process with an HTTP server: all cores
+    but one. The server's event loop (parsing, tokenizing, answering) then has a core of its
+    own; with every core in the forward pass's thread team, each time the loop ran it stalled
+    a whole team, and on a 2-core machine one thread served every application workload
+    faster than two (docs/BENCHMARKS.md, "Engine threads when serving")."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) - 1)
+
+
 def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineClient:
     from engine.builtin.factory import create_builtin_engine
 
@@ -32,7 +44,7 @@ def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineCl
         kv_cache_mb=settings.kv_cache_mb,
         enable_prefix_cache=settings.prefix_cache,
         native_kernels=settings.native_kernels,
-        num_threads=settings.threads,
+        num_threads=settings.threads or serving_threads(),
         max_batch_size=settings.max_batch_size,
         max_step_tokens=settings.max_step_tokens,
         latency_cap=settings.latency_cap,

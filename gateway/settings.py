@@ -35,7 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     latency_step_tokens: int = 128  # a step holding throughput work while latency is live
     throughput_share: float = 0.1  # of recent step time, throughput's while latency is live
     followup_hold_s: float = 0.05  # throughput waits this long for a latency follow-up
-    threads: int | None = None
+    threads: int | None = None  # None: all cores but one (gateway/engines.py serving_threads)
     step_trace: str | None = None  # a JSON line per engine step, for profiling
     engine_urls: tuple[str, ...] = ()
     # state

@@ -48,3 +48,20 @@ def test_bad_settings_are_rejected(tmp_path: Path) -> None:
         load_settings({}, config_file=str(config), env={})
     with pytest.raises(AttributeError):
         Settings().port = 1  # type: ignore[misc]
+
+
+def test_the_served_engine_leaves_a_core_to_the_server(monkeypatch) -> None:
+    from engine.builtin import factory
+    from gateway.engines import builtin_engine, serving_threads
+
+    assert [serving_threads(n) for n in (1, 2, 16)] == [1, 1, 15]
+    seen: list[int | None] = []
+
+    def fake_create_builtin_engine(model, **options):  # records the options, builds nothing
+        seen.append(options["num_threads"])
+        return None
+
+    monkeypatch.setattr(factory, "create_builtin_engine", fake_create_builtin_engine)
+    builtin_engine(Settings())
+    builtin_engine(Settings(threads=3))
+    assert seen == [serving_threads(), 3]
