@@ -24,10 +24,11 @@ def local_engines(settings: Settings) -> list[EngineClient]:
 
 def serving_threads(cores: int | None = None) -> int:
     """Torch threads for an engine that shares its process with an HTTP server: all cores
-    but one. The server's event loop (parsing, tokenizing, answering) then has a core of its
-    own; with every core in the forward pass's thread team, each time the loop ran it stalled
-    a whole team, and on a 2-core machine one thread served every application workload
-    faster than two (docs/BENCHMARKS.md, "Engine threads when serving")."""
+    but one, so that the server's event loop (parsing, tokenizing, answering) has a core of
+    its own. On a 2-core machine one thread served every quick application workload faster
+    than two, though a long-prompt sweep (4-7k-token contexts) came out slower; the likely
+    cause, the loop preempting a thread of the forward pass's team, is inferred, not traced
+    (docs/BENCHMARKS.md, "Engine threads when serving")."""
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) - 1)

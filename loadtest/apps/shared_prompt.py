@@ -84,7 +84,6 @@ def requests_at(p: SharedPromptParams, rate: float) -> int:
 async def _rates(ask, p: SharedPromptParams) -> dict:
     templates = [template(a, n, p.seed) for a, n in enumerate(p.app_prompt_tokens)]
     results: dict[str, float] = {}
-    requests: dict[str, int] = {}
     asked = 0
 
     async def at_rate(rate: float) -> bool:
@@ -108,7 +107,7 @@ async def _rates(ask, p: SharedPromptParams) -> dict:
         first = p.seed * 7919 + asked
         asked += n
         norm = await asyncio.gather(*(one(i, d, first + i) for i, d in enumerate(delays)))
-        results[str(rate)], requests[str(rate)] = statistics.mean(norm), n
+        results[str(rate)] = statistics.mean(norm)
         return results[str(rate)] <= p.bound_s_per_token
 
     held, missed = 0.0, None
@@ -130,7 +129,7 @@ async def _rates(ask, p: SharedPromptParams) -> dict:
         "first_missed_rate": missed,  # None: the sweep's top rate was held, so it is a floor
         "bound_s_per_token": p.bound_s_per_token,
         "app_prompt_tokens": list(p.app_prompt_tokens),
-        "requests": requests,
+        "requests": {r: requests_at(p, float(r)) for r in results},
         "not_run": [r for r in p.rates if str(r) not in results],
     }
 
