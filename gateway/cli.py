@@ -101,6 +101,18 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
         "--threads", type=int, help="torch threads (default: all cores but one, left to the server)"
     )
     g.add_argument(
+        "--attention-threads",
+        type=int,
+        help="torch threads for the attention of steps with long contexts (default: all cores)",
+    )
+    g.add_argument(
+        "--wide-attention-context",
+        type=int,
+        metavar="KEYS",
+        help="mean keys a step's tokens attend to from which its attention runs on "
+        "--attention-threads (default 2048)",
+    )
+    g.add_argument(
         "--step-trace", metavar="PATH", help="append a JSON line per engine step (profiling)"
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 from engine.client import EngineClient
@@ -26,12 +25,15 @@ def serving_threads(cores: int | None = None) -> int:
     """Torch threads for an engine that shares its process with an HTTP server: all cores
     but one, so that the server's event loop (parsing, tokenizing, answering) has a core of
     its own. On a 2-core machine one thread served every quick application workload faster
-    than two, though a long-prompt sweep (4-7k-token contexts) came out slower; the likely
-    cause, the loop preempting a thread of the forward pass's team, is inferred, not traced
-    (docs/BENCHMARKS.md, "Engine threads when serving")."""
+    than two; the likely cause, the loop preempting a thread of the forward pass's team, is
+    inferred, not traced. Steps over long contexts still run their attention on every core
+    (engine/builtin/threads.py), where two threads won (docs/BENCHMARKS.md, "Engine threads
+    when serving")."""
     if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) - 1)
+        from engine.builtin.threads import machine_cores  # with the engine: it pulls in torch
+
+        cores = machine_cores()
+    return max(1, cores - 1)
 
 
 def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineClient:
@@ -46,6 +48,8 @@ def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineCl
         enable_prefix_cache=settings.prefix_cache,
         native_kernels=settings.native_kernels,
         num_threads=settings.threads or serving_threads(),
+        attention_threads=settings.attention_threads,
+        wide_attention_context=settings.wide_attention_context,
         max_batch_size=settings.max_batch_size,
         max_step_tokens=settings.max_step_tokens,
         latency_cap=settings.latency_cap,

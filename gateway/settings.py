@@ -36,6 +36,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     throughput_share: float = 0.1  # of recent step time, throughput's while latency is live
     followup_hold_s: float = 0.05  # throughput waits this long for a latency follow-up
     threads: int | None = None  # None: all cores but one (gateway/engines.py serving_threads)
+    attention_threads: int | None = None  # long-context attention; None: all cores
+    wide_attention_context: int = 2048  # mean keys per token (engine/builtin/threads.py)
     step_trace: str | None = None  # a JSON line per engine step, for profiling
     engine_urls: tuple[str, ...] = ()
     # state

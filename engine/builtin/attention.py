@@ -69,6 +69,7 @@ class AttentionPlan:
         groups: list[SharedGroup],
         prefills: list[PrefillSpan],
         native: PagedDecode | None = None,
+        threads: int | None = None,
     ):
         self.kv = kv
         self.scale = scale
@@ -80,6 +81,7 @@ class AttentionPlan:
         self.groups = groups
         self.prefills = prefills
         self.native = native
+        self.threads = threads  # torch threads for the attention; None: the caller's
 
     @classmethod
     def build(
@@ -91,10 +93,13 @@ class AttentionPlan:
         prefills: list[tuple[list[int], int, int]],
         share_prefixes: bool = True,
         native: PagedDecode | None = None,
+        threads: int | None = None,
     ) -> AttentionPlan:
         """decodes: (block table, length incl. the new token); prefills: (table, start, n).
 
         `native`: the C decode kernel (kernels/native.py); None keeps the torch ops.
+        `threads`: torch threads the attention runs on (engine/builtin/threads.py); None
+        keeps the caller's count.
         """
         bs = kv.block_size
         dtype = kv.k.dtype
@@ -149,13 +154,23 @@ class AttentionPlan:
             groups,
             spans,
             native,
+            threads,
         )
 
     def __call__(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     ) -> torch.Tensor:
         self.kv.write(layer, self.slot_mapping, k, v)
-        k_flat, v_flat = self.kv.k[layer], self.kv.v[layer]
+        if self.threads is None:
+            return self._attend(q, self.kv.k[layer], self.kv.v[layer])
+        own = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._attend(q, self.kv.k[layer], self.kv.v[layer])
+        finally:
+            torch.set_num_threads(own)
+
+    def _attend(self, q: torch.Tensor, k_flat: torch.Tensor, v_flat: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(q)
         nd = self.num_decode
         if nd:

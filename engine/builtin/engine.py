@@ -33,6 +33,7 @@ from engine.builtin.sequence import Sequence
 from engine.builtin.stats import snapshot
 from engine.builtin.step_trace import StepTrace
 from engine.builtin.stops import scan
+from engine.builtin.threads import AttentionThreads, machine_cores
 from engine.builtin.tokenizer import IncrementalDetokenizer
 from engine.errors import (
     ContextBusy,
@@ -106,6 +107,9 @@ class BuiltinEngine:
             self.kv,
             options.share_prefix_attention,
             kernels.decode if kernels else None,
+            AttentionThreads(
+                options.attention_threads or machine_cores(), options.wide_attention_context
+            ),
         )
         self.eos_ids = tuple(self.tokenizer.eos_token_ids)
         self._info = EngineInfo(
@@ -419,7 +423,7 @@ class BuiltinEngine:
         seconds = time.monotonic() - started
         self.scheduler.observe(seconds, plan.chunks)
         if self._trace is not None:
-            self._trace.record(started, seconds, plan.chunks)
+            self._trace.record(started, seconds, plan.chunks, *self.runner.last_attention)
         for c in plan.chunks:
             if c.seq.is_fill and not c.seq.context.num_pending:
                 self._finish_fill(c)

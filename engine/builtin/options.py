@@ -23,6 +23,11 @@ class EngineOptions:
     # Steps of at most this many tokens use the AMX tile matmul where it built (0: never).
     tile_max_rows: int = 64
     num_threads: int | None = None  # torch intra-op threads; default: all cores
+    # Attention of steps whose tokens attend to `wide_attention_context` keys or more on
+    # average runs on `attention_threads` (default: all cores), where that is more than
+    # num_threads (engine/builtin/threads.py).
+    attention_threads: int | None = None
+    wide_attention_context: int = 2048
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     seed: int = 0
     step_trace: str | None = None  # a JSON-lines file of every step (engine/builtin/step_trace.py)

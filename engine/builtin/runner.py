@@ -10,6 +10,7 @@ from engine.builtin.attention import AttentionPlan, device_plan
 from engine.builtin.kv_cache import KVCache
 from engine.builtin.model import LlamaModel
 from engine.builtin.scheduler import Chunk
+from engine.builtin.threads import AttentionThreads, attention_pairs
 from kernels import dispatch, native
 
 
@@ -20,15 +21,20 @@ class ModelRunner:
         kv: KVCache,
         share_prefixes: bool = True,
         native_decode: native.PagedDecode | None = None,
+        attention_threads: AttentionThreads | None = None,
     ):
         """`native_decode`: the C decode attention kernel, used where the model's head
-        layout allows (CPU only); None keeps torch ops."""
+        layout allows (CPU only); None keeps torch ops. `attention_threads`: when a step's
+        attention runs on more threads than the rest (CPU only; engine/builtin/threads.py)."""
         self.model = model
         self.kv = kv
         self.share_prefixes = share_prefixes
         self.scale = model.config.head_dim**-0.5
         c = model.config
         self.on_device = model.device.type != "cpu"
+        self.attention_threads = None if self.on_device else attention_threads
+        # The last step's attention work (query-key pairs) and the threads it ran on.
+        self.last_attention = (0, 0)
         self.native = None
         if (
             native_decode is not None
@@ -67,6 +73,13 @@ class ModelRunner:
             ids.extend(ctx.token_ids[start:end])
             positions.extend(range(start, end))
             row_of[id(c.seq)] = len(ids) - 1
+        pairs, threads = attention_pairs(chunks), torch.get_num_threads()
+        extra = {}
+        if self.attention_threads is not None:
+            wide = self.attention_threads.for_step(pairs, len(ids), threads)
+            if wide is not None:
+                extra["threads"] = threads = wide
+        self.last_attention = (pairs, threads)
         plan = self._build_plan(
             self.kv,
             self.scale,
@@ -77,6 +90,7 @@ class ModelRunner:
                 for c in prefills
             ],
             share_prefixes=self.share_prefixes,
+            **extra,
         )
         rows = [row_of[id(c.seq)] for c in chunks if c.sample]
         if self.graphs is not None and self.graphs.covers(plan):

@@ -2,9 +2,10 @@
 
 One JSON line per model step: when it started (monotonic seconds), how long the forward
 pass and sampling took, and what the step held, split by objective: rows and tokens of
-latency-critical work and of throughput work. It answers questions that end-to-end timings
-on a noisy machine cannot, e.g. how much of a chat token's wait was throughput prefill that
-shared its step. Off by default; `--step-trace PATH` turns it on.
+latency-critical work and of throughput work; also its attention work (`kv`: query-key pairs
+per head and layer) and the torch threads its attention ran on. It answers questions that
+end-to-end timings on a noisy machine cannot, e.g. how much of a chat token's wait was
+throughput prefill that shared its step. Off by default; `--step-trace PATH` turns it on.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ class StepTrace:
     def __init__(self, path: str):
         self._file: IO[str] = open(path, "a", buffering=1 << 16)  # noqa: SIM115 - closed in close()
 
-    def record(self, started: float, seconds: float, chunks: Sequence[Chunk]) -> None:
+    def record(
+        self, started: float, seconds: float, chunks: Sequence[Chunk], kv: int, threads: int
+    ) -> None:
         lat_rows = lat_tokens = tput_rows = tput_tokens = 0
         for c in chunks:
             if not c.num_tokens:
@@ -38,6 +41,8 @@ class StepTrace:
             "lat_tokens": lat_tokens,
             "tput_rows": tput_rows,
             "tput_tokens": tput_tokens,
+            "kv": kv,
+            "threads": threads,
         }
         self._file.write(json.dumps(line) + "\n")
 

@@ -382,6 +382,9 @@ async def test_step_trace_splits_each_step_by_objective(tiny_model, tmp_path):
     # prompt tokens plus one per generated token after the first.
     assert sum(s["tput_tokens"] for s in steps) == 20 + 2
     assert sum(s["lat_tokens"] for s in steps) == 5 + 2
+    # Attention work: each prompt token attends causally, each decode to its whole context
+    # (20 prompt tokens in chunks of 16 and 4, decodes at 21 and 22; 5 tokens, then 6 and 7).
+    assert sum(s["kv"] for s in steps) == sum(range(1, 21)) + 21 + 22 + sum(range(1, 6)) + 6 + 7
     assert all(s["lat_tokens"] + s["tput_tokens"] <= 16 and s["s"] >= 0 for s in steps)
     assert [s["t"] for s in steps] == sorted(s["t"] for s in steps)
 

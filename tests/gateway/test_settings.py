@@ -55,13 +55,15 @@ def test_the_served_engine_leaves_a_core_to_the_server(monkeypatch) -> None:
     from gateway.engines import builtin_engine, serving_threads
 
     assert [serving_threads(n) for n in (1, 2, 16)] == [1, 1, 15]
-    seen: list[int | None] = []
+    seen: list[tuple] = []
 
     def fake_create_builtin_engine(model, **options):  # records the options, builds nothing
-        seen.append(options["num_threads"])
+        seen.append(tuple(options[k] for k in ("num_threads", "attention_threads")))
+        seen[-1] += (options["wide_attention_context"],)
         return None
 
     monkeypatch.setattr(factory, "create_builtin_engine", fake_create_builtin_engine)
     builtin_engine(Settings())
-    builtin_engine(Settings(threads=3))
-    assert seen == [serving_threads(), 3]
+    builtin_engine(Settings(threads=3, attention_threads=5, wide_attention_context=100))
+    # Long-context attention keeps every core unless told otherwise (None: all of them).
+    assert seen == [(serving_threads(), None, 2048), (3, 5, 100)]

@@ -1,0 +1,53 @@
+"""How many torch threads a step runs on.
+
+On a small CPU the engine shares its cores with the HTTP server in the same process. A step
+mostly made of small matmuls loses more to that contention than a second thread gains, while
+a step dominated by attention over long contexts (or a long prefill) gains most of a second
+thread's worth (docs/BENCHMARKS.md, "Engine threads when serving"). So the engine runs a step
+its attention on all cores when the step's tokens attend to long contexts, and everything
+else on the engine's own thread count.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from engine.builtin.scheduler import Chunk
+
+
+def machine_cores() -> int:
+    """Cores this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def attention_pairs(chunks: Sequence[Chunk]) -> int:
+    """Query-key pairs the step's attention computes, per head and layer: a decode row attends
+    to its whole context; a prefill chunk of n tokens after `start` computed ones attends to
+    start + 1 .. start + n keys (causal). Call before the step commits its tokens."""
+    pairs = 0
+    for c in chunks:
+        start, n = c.seq.context.num_computed, c.num_tokens
+        pairs += n * start + n * (n + 1) // 2
+    return pairs
+
+
+@dataclass(frozen=True, slots=True)
+class AttentionThreads:
+    """Attention runs on `wide` threads in steps whose computed tokens attend to at least
+    `min_context` keys on average; everything else (matmuls, layer ops) stays on the engine's
+    own count. Attention's share of a step grows with the context while a token's matmuls stay
+    the same, and the attention kernels split their work dynamically, so a thread taken away
+    for a while stalls them less than the statically split matmuls."""
+
+    wide: int
+    min_context: int
+
+    def for_step(self, pairs: int, tokens: int, narrow: int) -> int | None:
+        """Threads for this step's attention; None: the engine's own count."""
+        if self.wide <= narrow or not tokens:
+            return None
+        return self.wide if pairs >= self.min_context * tokens else None
