@@ -27,6 +27,11 @@ def test_the_table_ratios_compare_each_system_with_parrot() -> None:
     }
     line = table(results).splitlines()[-1]
     assert line.split()[1:4] == ["2.000", "5.000", "2.50"]
+    results["map_reduce|8x200tok/25out|rtt=0ms"]["baseline-latcap"] = median_sample(
+        "map_reduce", [{"e2e_s": 3.0}]
+    )
+    head, _, line = table(results).splitlines()
+    assert head.split()[-1] == "latcap/parrot" and line.split()[-1] == "1.50"
 
 
 class RecordingFakeClient:
@@ -172,7 +177,7 @@ def test_the_rate_sweep_compares_sustainable_rates() -> None:
         }
     }
     cols = table(results).splitlines()[-1].split()
-    assert cols[-3:-1] == ["4.00", "inf"]
+    assert cols[-4:-2] == ["4.00", "inf"]
 
 
 def test_each_rate_sweep_gets_its_own_curve_plot_and_no_bars(tmp_path) -> None:
