@@ -1,11 +1,11 @@
-"""How many torch threads a step runs on.
+"""How many torch threads a step's attention runs on.
 
-On a small CPU the engine shares its cores with the HTTP server in the same process. A step
-mostly made of small matmuls loses more to that contention than a second thread gains, while
-a step dominated by attention over long contexts (or a long prefill) gains most of a second
-thread's worth (docs/BENCHMARKS.md, "Engine threads when serving"). So the engine runs a step
-its attention on all cores when the step's tokens attend to long contexts, and everything
-else on the engine's own thread count.
+On a small CPU the engine shares its cores with the HTTP server in the same process. Served
+on 2 cores, a second thread made steps over short contexts slower, even when only their
+attention used it, while giving it to the attention of steps over long contexts made those
+steps up to 1.65x faster (docs/BENCHMARKS.md, "Engine threads when serving"). So a step's
+attention runs on all cores when its tokens attend to long contexts, and everything else on
+the engine's own thread count.
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ def attention_pairs(chunks: Sequence[Chunk]) -> int:
 class AttentionThreads:
     """Attention runs on `wide` threads in steps whose computed tokens attend to at least
     `min_context` keys on average; everything else (matmuls, layer ops) stays on the engine's
-    own count. Attention's share of a step grows with the context while a token's matmuls stay
-    the same, and the attention kernels split their work dynamically, so a thread taken away
-    for a while stalls them less than the statically split matmuls."""
+    own count. The mean context per token, not the step's total work, decides: steps of many
+    rows over short contexts lost with a second thread even in their attention alone."""
 
     wide: int
     min_context: int

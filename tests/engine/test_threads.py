@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,7 @@ import torch
 
 from engine.builtin.attention import AttentionPlan
 from engine.builtin.scheduler import Chunk
-from engine.builtin.threads import AttentionThreads, attention_pairs
+from engine.builtin.threads import AttentionThreads, attention_pairs, machine_cores
 from tests.engine.test_builtin_engine import make_engine, prompt, run
 
 
@@ -99,4 +98,4 @@ async def test_long_context_steps_attend_on_more_threads_with_the_same_tokens(
 
 def test_engine_default_widens_to_every_core(tiny_model, restore_threads):
     eng = make_engine(tiny_model, num_threads=1)
-    assert eng.runner.attention_threads == AttentionThreads(len(os.sched_getaffinity(0)), 2048)
+    assert eng.runner.attention_threads == AttentionThreads(machine_cores(), 2048)

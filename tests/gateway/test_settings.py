@@ -58,8 +58,8 @@ def test_the_served_engine_leaves_a_core_to_the_server(monkeypatch) -> None:
     seen: list[tuple] = []
 
     def fake_create_builtin_engine(model, **options):  # records the options, builds nothing
-        seen.append(tuple(options[k] for k in ("num_threads", "attention_threads")))
-        seen[-1] += (options["wide_attention_context"],)
+        keys = ("num_threads", "attention_threads", "wide_attention_context")
+        seen.append(tuple(options[k] for k in keys))
         return None
 
     monkeypatch.setattr(factory, "create_builtin_engine", fake_create_builtin_engine)
