@@ -6,7 +6,8 @@ Why C for attention: the torch path (kernels/cpu.py) gathers every sequence's KV
 a new tensor, then runs a flash-attention kernel made for long query blocks over the 3 query
 rows a grouped-query decode has per KV head. The C kernel reads the blocks in place, loads
 each K/V row once per head group and runs the softmax in AVX-512; a layer's decode attention
-takes 2-4x less time (docs/BENCHMARKS.md, "Engine").
+takes 2-4x less time (docs/BENCHMARKS.md, "Engine"). Where the CPU has AVX-512 BF16, the
+scores are bf16 pair products summed in float32 (`vdpbf16ps`), 16 keys at a time.
 
 Why C for RMSNorm, rotary embedding and SwiGLU: in torch each is several elementwise ops,
 and at decode batch sizes their fixed cost per op outweighs the work (RMSNorm alone took

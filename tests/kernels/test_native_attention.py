@@ -45,7 +45,9 @@ def _check(kernel, seed, hq, hkv, d, lens):
 
 @needs_kernel
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize(("hq", "hkv", "d"), [(9, 3, 64), (4, 2, 16), (8, 8, 32), (8, 1, 128)])
+@pytest.mark.parametrize(
+    ("hq", "hkv", "d"), [(9, 3, 64), (4, 2, 16), (8, 8, 32), (8, 1, 128), (6, 3, 48)]
+)
 def test_matches_reference_with_uneven_lengths_and_shuffled_blocks(seed, hq, hkv, d):
     rng = random.Random(seed)
     lens = [1, 15, 16, 17, 33] + [rng.randint(1, 300) for _ in range(4)]
@@ -59,8 +61,8 @@ def test_long_context_single_sequence():
 
 @needs_kernel
 def test_empty_sequence_gives_minus_infinity_lse_and_zeros():
-    """A row whose keys all sit in a shared prefix has nothing private to attend; the merge
-    then takes the prefix's result unchanged (weight e^-inf = 0)."""
+    """A row with nothing to attend (in the torch plan: all its keys in a shared prefix)
+    merges with weight e^-inf = 0, so the other half's result is taken unchanged."""
     q, k, v, _, padded = _case(0, 4, 2, 16, [0, 20])
     out, lse = KERNEL(
         q, k.view(-1, 2, 16), v.view(-1, 2, 16), padded, torch.tensor([0, 20]), BS, 1.0
@@ -85,6 +87,18 @@ def test_portable_build_without_vector_units_is_correct_too(tmp_path):
     path must compute the same thing; `load()` would not pick it, as it is slower."""
     kernel = native.Library(native.build(("-O2",), out_dir=tmp_path)).decode
     _check(kernel, 3, 9, 3, 64, [1, 17, 200])
+
+
+@needs_kernel
+def test_avx512_build_without_bf16_dot_products_is_correct_too(tmp_path):
+    """Where the CPU has AVX-512 but not its bf16 dot product, the scores are computed in
+    float32 after converting K: that path must agree as well (and stay vectorized)."""
+    library = native.Library(
+        native.build(("-O3", "-march=native", "-mno-avx512bf16", "-fopenmp"), out_dir=tmp_path)
+    )
+    assert library.vectorized
+    for seed, (hq, hkv, d) in enumerate([(9, 3, 64), (4, 2, 16), (8, 1, 128)]):
+        _check(library.decode, seed, hq, hkv, d, [1, 16, 17, 250])
 
 
 @needs_compiler
