@@ -8,6 +8,10 @@ attended in the batched decode call, and the two partial results are merged exac
     seq A blocks: [ P0 P1 P2 | a3 a4 ]      prefix attention: q[A,B,C] vs KV(P0..P2), once
     seq B blocks: [ P0 P1 P2 | b3 ]         suffix attention: each q vs its own a*/b*/c*
     seq C blocks: [ P0 P1 P2 | c3 c4 c5 ]   merge by log-sum-exp
+
+That split is for the torch path and (as the same groups) the GPU's Triton kernels. With the
+C decode kernel the plan forms no groups: the kernel reads each row's whole table in place,
+and the rows of a group find the prefix blocks in the core's cache.
 """
 
 from __future__ import annotations
@@ -119,7 +123,10 @@ class AttentionPlan:
 
         groups: list[SharedGroup] = []
         skip = [0] * len(decodes)  # leading blocks of each decode covered by its group
-        if share_prefixes and len(decodes) > 1:
+        # With the C kernel a group's prefix half would be torch ops (gather, attend, merge:
+        # some 25 small ops per group and layer), which took longer than the kernel reading
+        # the prefix again for every row (docs/BENCHMARKS.md, "Engine").
+        if share_prefixes and native is None and len(decodes) > 1:
             for rows, num_blocks in _shared_groups(decodes):
                 groups.append(
                     SharedGroup(

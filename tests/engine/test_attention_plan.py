@@ -81,8 +81,9 @@ def test_sharing_off_builds_no_groups():
 @pytest.mark.skipif(native.load() is None, reason="no C decode kernel on this machine")
 @pytest.mark.parametrize("seed", range(3))
 def test_native_decode_kernel_gives_the_same_plan_result_as_torch(seed: int):
-    """Shared groups, loners and a prefill in one bf16 step: the C decode path and the torch
-    path agree (the groups' prefix halves and the merge are common to both)."""
+    """Shared groups, loners and a prefill in one bf16 step: the torch path splits the group's
+    prefix from the suffixes and merges them; the C path reads each row's whole table in place
+    (no groups). Both give the same attention."""
     rng, cfg, kv, free = _random_cache(seed, 64, torch.bfloat16)
     prefix = [free.pop() for _ in range(3)]
     decodes = [(prefix + [free.pop()], 3 * BS + rng.randint(1, BS)) for _ in range(3)]
@@ -94,6 +95,6 @@ def test_native_decode_kernel_gives_the_same_plan_result_as_torch(seed: int):
         plan = AttentionPlan.build(
             kv, cfg.head_dim**-0.5, cfg.num_heads, decodes, prefills, native=kernel
         )
-        assert len(plan.groups) == 1
+        assert len(plan.groups) == (1 if kernel is None else 0)
         outs.append(plan(0, q, k, v).float())
     assert (outs[0] - outs[1]).abs().max() < 0.03
