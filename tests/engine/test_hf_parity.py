@@ -8,6 +8,7 @@ KV cache, batching or sampling.
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 import torch
@@ -45,10 +46,13 @@ def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
     out: list[int] = []
     past = None
     step = torch.tensor([ids])
+    # transformers 5 renamed the cache argument and output field `past_key_values` to `cache`
+    # (the old argument name warns, and goes in 5.40); 4.x knows only the old name.
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     with torch.inference_mode():
         for _ in range(n):
-            res = model(input_ids=step, past_key_values=past, use_cache=True)
-            past = res.past_key_values
+            res = model(input_ids=step, use_cache=True, **{name: past})
+            past = getattr(res, name)
             token = int(res.logits[0, -1].argmax())
             out.append(token)
             step = torch.tensor([[token]])
