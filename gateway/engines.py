@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from engine.builtin.threads import machine_cores
 from engine.client import EngineClient
 from engine.remote import RemoteEngine
 from gateway.settings import Settings
@@ -29,11 +30,7 @@ def serving_threads(cores: int | None = None) -> int:
     inferred, not traced. Steps over long contexts still run their attention on every core
     (engine/builtin/threads.py), where two threads won (docs/BENCHMARKS.md, "Engine threads
     when serving")."""
-    if cores is None:
-        from engine.builtin.threads import machine_cores  # with the engine: it pulls in torch
-
-        cores = machine_cores()
-    return max(1, cores - 1)
+    return max(1, (machine_cores() if cores is None else cores) - 1)
 
 
 def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineClient:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from engine.builtin.scheduler import Chunk
+if TYPE_CHECKING:  # typing only: this module stays free of torch, for the gateway
+    from engine.builtin.scheduler import Chunk
 
 
 def machine_cores() -> int:
@@ -39,8 +41,11 @@ def attention_pairs(chunks: Sequence[Chunk]) -> int:
 class AttentionThreads:
     """Attention runs on `wide` threads in steps whose computed tokens attend to at least
     `min_context` keys on average; everything else (matmuls, layer ops) stays on the engine's
-    own count. The mean context per token, not the step's total work, decides: steps of many
-    rows over short contexts lost with a second thread even in their attention alone."""
+    own count. The mean context per token, not the step's total work, decides: served, steps
+    of many rows over short contexts lost with a second thread even in their attention alone
+    (measured before the C kernel read shared prefixes itself; an engine alone later gained
+    from it at 600-token private contexts, docs/BENCHMARKS.md, "Engine threads when
+    serving")."""
 
     wide: int
     min_context: int
