@@ -73,7 +73,7 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
         action="store_false",
         default=None,
         help="CPU decode attention, layer ops (norms, rotary, SwiGLU) and decode matmuls "
-        "with torch ops and oneDNN instead of the C kernels (kernels/native.py)",
+        "with torch ops and oneDNN instead of the C kernels (parrot_kernels/native.py)",
     )
     g.add_argument("--max-batch-size", type=int, help="sequences stepped together (default 64)")
     g.add_argument("--max-step-tokens", type=int, help="token budget per step (default 512)")

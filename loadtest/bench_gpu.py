@@ -88,7 +88,7 @@ def weight_bytes(config: ModelConfig) -> int:
 
 
 def bench_kernels(args, bandwidth: float) -> list[dict]:
-    from kernels.triton.bench import decode_row
+    from parrot_kernels.triton.bench import decode_row
 
     _, hidden, hq, hkv, _, _ = SHAPES[args.kernel_shape]
     return [
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import triton
 
-    from kernels.triton.bench import copy_bandwidth
+    from parrot_kernels.triton.bench import copy_bandwidth
 
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "triton": triton.__version__, "copy_GBps": 0.0, "engine": {}}  # fmt: skip

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("gateway", "engine", "kernels", "compat", "loadtest")
+PACKAGES = ("gateway", "engine", "parrot_kernels", "compat", "loadtest")
 
 
 def modules() -> list[str]:

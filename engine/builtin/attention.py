@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING
 import torch
 
 from engine.builtin.kv_cache import KVCache
-from kernels import dispatch
-from kernels.cpu import (
+from parrot_kernels import dispatch
+from parrot_kernels.cpu import (
     causal_attention,
     causal_bias,
     decode_attention,
     mask_to_bias,
     prefix_attention,
 )
-from kernels.merge import merge_attention_states
+from parrot_kernels.merge import merge_attention_states
 
 if TYPE_CHECKING:
-    from kernels.native import PagedDecode
-    from kernels.triton.step import TritonAttention
+    from parrot_kernels.native import PagedDecode
+    from parrot_kernels.triton.step import TritonAttention
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
 MIN_SHARED_BLOCKS = 2
@@ -101,7 +101,7 @@ class AttentionPlan:
     ) -> AttentionPlan:
         """decodes: (block table, length incl. the new token); prefills: (table, start, n).
 
-        `native`: the C decode kernel (kernels/native.py); None keeps the torch ops.
+        `native`: the C decode kernel (parrot_kernels/native.py); None keeps the torch ops.
         `threads`: torch threads the attention runs on (engine/builtin/threads.py); None
         keeps the caller's count.
         """
@@ -251,6 +251,9 @@ def device_plan(
     prefills: list[tuple[list[int], int, int]],
     share_prefixes: bool = True,
 ) -> TritonAttention:
-    """CUDA: the same plan (same groups) as Triton kernel metadata; see kernels/dispatch.py."""
+    """CUDA: the same plan (same groups) as Triton kernel metadata.
+
+    See parrot_kernels/dispatch.py.
+    """
     groups = _shared_groups(decodes) if share_prefixes and len(decodes) > 1 else []
     return dispatch.triton_attention(kv, scale, num_heads, decodes, groups, prefills)

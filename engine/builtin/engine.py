@@ -58,7 +58,7 @@ from engine.protocol import (
     RescheduleRequest,
     Usage,
 )
-from kernels import dispatch, native
+from parrot_kernels import dispatch, native
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """A layer's small ops (RMSNorm, rotary embedding, SwiGLU product): torch ops, or the C
-kernels on CPU (kernels/native.py), behind one interface the model calls.
+kernels on CPU (parrot_kernels/native.py), behind one interface the model calls.
 
 Both compute the same functions; the C path rounds to bf16 once per op where torch rounds
 after each of its steps, and it uses float32 cos/sin tables where torch uses bf16 ones, so
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.builtin.config import ModelConfig
-from kernels import native
+from parrot_kernels import native
 
 # qkv [T, W] (q heads then k heads then v heads per row) -> rotated q|k [T, Hq + Hkv, D].
 Rotation = Callable[[torch.Tensor], torch.Tensor]

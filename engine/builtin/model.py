@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from engine.builtin import quant
 from engine.builtin.config import ModelConfig
 from engine.builtin.layer_ops import LayerOps, NativeLayerOps, TorchLayerOps
-from kernels import native
+from parrot_kernels import native
 
 
 class Attention(Protocol):

@@ -18,7 +18,7 @@ class EngineOptions:
     kv_cache_mb: int = 2048
     enable_prefix_cache: bool = True
     share_prefix_attention: bool = True
-    native_kernels: bool = True  # CPU attention, layer ops, matmuls in C (kernels/native.py)
+    native_kernels: bool = True  # CPU attention, layer ops, matmuls in C (parrot_kernels/native.py)
     q4_max_rows: int = 4  # steps of at most this many tokens use 4-bit weights (0: never)
     # Steps of at most this many tokens use the AMX tile matmul where it built (0: never).
     tile_max_rows: int = 64

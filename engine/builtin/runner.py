@@ -11,7 +11,7 @@ from engine.builtin.kv_cache import KVCache
 from engine.builtin.model import LlamaModel
 from engine.builtin.scheduler import Chunk
 from engine.builtin.threads import AttentionThreads, attention_pairs
-from kernels import dispatch, native
+from parrot_kernels import dispatch, native
 
 
 class ModelRunner:
@@ -47,7 +47,8 @@ class ModelRunner:
             if self.on_device
             else functools.partial(AttentionPlan.build, native=self.native)
         )
-        # CUDA: Triton attention plans, and graphs for decode-only steps (kernels/dispatch.py).
+        # CUDA: Triton attention plans, and graphs for decode-only steps
+        # (parrot_kernels/dispatch.py).
         self.graphs = None
         if self.on_device:
             max_blocks = min(-(-c.context_length // kv.block_size), kv.num_blocks)

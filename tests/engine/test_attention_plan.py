@@ -10,8 +10,8 @@ import torch
 from engine.builtin.attention import AttentionPlan
 from engine.builtin.config import tiny_config
 from engine.builtin.kv_cache import KVCache
-from kernels import native
-from kernels.reference import reference_attention, reference_paged_decode
+from parrot_kernels import native
+from parrot_kernels.reference import reference_attention, reference_paged_decode
 
 BS = 16
 

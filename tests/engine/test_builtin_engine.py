@@ -30,7 +30,7 @@ from engine.protocol import (
     SamplingParams,
     Scheduling,
 )
-from kernels import native
+from parrot_kernels import native
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 

@@ -11,7 +11,7 @@ from engine.builtin.config import tiny_config
 from engine.builtin.kv_cache import KVCache
 from engine.builtin.layer_ops import NativeLayerOps, TorchLayerOps
 from engine.builtin.model import LlamaModel
-from kernels import native
+from parrot_kernels import native
 
 LIB = native.load()
 pytestmark = pytest.mark.skipif(LIB is None, reason="no C kernels on this machine")

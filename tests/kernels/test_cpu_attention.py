@@ -7,9 +7,9 @@ import random
 import pytest
 import torch
 
-from kernels.cpu import causal_attention, decode_attention, mask_to_bias, prefix_attention
-from kernels.merge import merge_attention_states
-from kernels.reference import (
+from parrot_kernels.cpu import causal_attention, decode_attention, mask_to_bias, prefix_attention
+from parrot_kernels.merge import merge_attention_states
+from parrot_kernels.reference import (
     gather_paged,
     random_block_tables,
     reference_attention,

@@ -1,4 +1,5 @@
-"""The C decode kernel (kernels/native.py) against the naive reference, on fresh random inputs."""
+"""The C decode kernel (parrot_kernels/native.py) against the naive reference, on fresh random
+inputs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import random
 import pytest
 import torch
 
-from kernels import native
-from kernels.reference import random_block_tables, reference_paged_decode
+from parrot_kernels import native
+from parrot_kernels.reference import random_block_tables, reference_paged_decode
 
 BS = 16
 LIB = native.load()
@@ -132,7 +133,7 @@ def test_without_a_working_compiler_load_falls_back_with_the_reason(
 ):
     monkeypatch.setenv("PARROT_KERNEL_CACHE", str(tmp_path))
     monkeypatch.setenv("CC", cc)
-    with caplog.at_level(logging.WARNING, logger="kernels.native"):
+    with caplog.at_level(logging.WARNING, logger="parrot_kernels.native"):
         assert native.load() is None
     assert "native CPU kernels unavailable" in caplog.text
     assert cc in caplog.text

@@ -1,4 +1,4 @@
-"""The C layer ops (RMSNorm, rotary embedding, SwiGLU; kernels/native/layer_ops.c) against
+"""The C layer ops (RMSNorm, rotary embedding, SwiGLU; parrot_kernels/native/layer_ops.c) against
 float64 references, on fresh random inputs."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import native
+from parrot_kernels import native
 
 LIB = native.load()
 needs_kernels = pytest.mark.skipif(

@@ -1,4 +1,4 @@
-"""The AMX tile matmul (kernels/native/tile_matmul.c) against a float64 reference, on fresh
+"""The AMX tile matmul (parrot_kernels/native/tile_matmul.c) against a float64 reference, on fresh
 random inputs, at row counts on both sides of its 16- and 32-row tile boundaries."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import native
+from parrot_kernels import native
 
 LIB = native.load()
 TILES = LIB.matmul if LIB is not None else None

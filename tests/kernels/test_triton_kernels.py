@@ -18,17 +18,17 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 pytest.importorskip("triton")
 
-from kernels import merge as torch_merge
-from kernels.reference import (
+from parrot_kernels import merge as torch_merge
+from parrot_kernels.reference import (
     gather_paged,
     random_block_tables,
     reference_attention,
     reference_paged_decode,
 )
-from kernels.triton.decode import paged_decode
-from kernels.triton.merge import merge_attention_states, merge_partials
-from kernels.triton.prefill import paged_prefill
-from kernels.triton.prefix import shared_prefix_decode
+from parrot_kernels.triton.decode import paged_decode
+from parrot_kernels.triton.merge import merge_attention_states, merge_partials
+from parrot_kernels.triton.prefill import paged_prefill
+from parrot_kernels.triton.prefix import shared_prefix_decode
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BS = 16

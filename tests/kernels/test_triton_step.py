@@ -26,9 +26,9 @@ from engine.builtin.model import LlamaModel
 from engine.builtin.model_files import random_weights
 from engine.builtin.options import EngineOptions
 from engine.protocol import FillRequest, GenerateRequest, SamplingParams
-from kernels.reference import reference_attention, reference_paged_decode
-from kernels.triton.graphs import graph_capacity
-from kernels.triton.step import TritonAttention
+from parrot_kernels.reference import reference_attention, reference_paged_decode
+from parrot_kernels.triton.graphs import graph_capacity
+from parrot_kernels.triton.step import TritonAttention
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 BS = 16

@@ -19,8 +19,8 @@ from typing import Protocol
 import torch
 import triton
 
-from kernels.triton import decode, prefix
-from kernels.triton.batch import (
+from parrot_kernels.triton import decode, prefix
+from parrot_kernels.triton.batch import (
     Capacity,
     Decode,
     Group,
@@ -30,9 +30,9 @@ from kernels.triton.batch import (
     pack,
     unpack,
 )
-from kernels.triton.cache import write_kv
-from kernels.triton.merge import merge_partials
-from kernels.triton.prefill import launch_prefill
+from parrot_kernels.triton.cache import write_kv
+from parrot_kernels.triton.merge import merge_partials
+from parrot_kernels.triton.prefill import launch_prefill
 
 MAX_SPLITS = 32
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from kernels.triton import decode, prefix
-from kernels.triton.batch import Capacity
-from kernels.triton.step import PagedKV, TritonAttention, choose_splits, sm_count
+from parrot_kernels.triton import decode, prefix
+from parrot_kernels.triton.batch import Capacity
+from parrot_kernels.triton.step import PagedKV, TritonAttention, choose_splits, sm_count
 
 log = logging.getLogger(__name__)
 

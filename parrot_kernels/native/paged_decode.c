@@ -1,7 +1,7 @@
 /* Decode attention over paged bf16 KV, read in place: one query per sequence, grouped-query
  * heads, returning the output (bf16) and the log-sum-exp (float32), with which a result over
- * part of the keys can be merged exactly with another (kernels/merge.py). Built on first use
- * by kernels/native.py; see there for why.
+ * part of the keys can be merged exactly with another (parrot_kernels/merge.py). Built on first use
+ * by parrot_kernels/native.py; see there for why.
  *
  * Layout (as engine/builtin/kv_cache.py keeps one layer):
  *   q      [B, Hq, D] bf16, rows `q_stride` elements apart, heads contiguous

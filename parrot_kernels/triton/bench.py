@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from kernels.triton.prefix import BLOCK_M
-from kernels.triton.step import TritonAttention
+from parrot_kernels.triton.prefix import BLOCK_M
+from parrot_kernels.triton.step import TritonAttention
 
 GB = 1e9
 

@@ -26,8 +26,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from kernels.triton.prefill import prefill_tiles
-from kernels.triton.prefix import prefix_tiles
+from parrot_kernels.triton.prefill import prefill_tiles
+from parrot_kernels.triton.prefix import prefix_tiles
 
 Decode = tuple[list[int], int]  # (block table, length including the new token)
 Group = tuple[list[int], int]  # (decode rows, number of shared leading blocks)

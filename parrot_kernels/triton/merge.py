@@ -1,7 +1,7 @@
 """Exact merge of partial attention states (out, lse) over disjoint key ranges, in Triton.
 
 One program per (row, head) folds any number of partial states with a running max, the
-same identity as kernels/merge.py:
+same identity as parrot_kernels/merge.py:
 
     out = Σ_s e^{lse_s} out_s / Σ_s e^{lse_s},   lse = log Σ_s e^{lse_s}
 
@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton.tiles import block_d
+from parrot_kernels.triton.tiles import block_d
 
 
 @triton.jit
@@ -118,7 +118,10 @@ def merge_partials(
 def merge_attention_states(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as kernels.merge.merge_attention_states: out_* [N, H, D], lse_* [N, H]."""
+    """Same contract as parrot_kernels.merge.merge_attention_states.
+
+    out_* [N, H, D], lse_* [N, H].
+    """
     out = torch.empty_like(out_a)
     lse = torch.empty_like(lse_a, dtype=torch.float32)
     index = torch.arange(out_a.shape[0], dtype=torch.int32, device=out_a.device)

@@ -1,5 +1,5 @@
 /* bf16 matmul on AMX tiles for the rows of a decode step: out = x @ W.T (+ residual).
- * Built with the other CPU kernels into one library by kernels/native.py; see there for why.
+ * Built with the other CPU kernels into one library by parrot_kernels/native.py; see there for why.
  *
  * A decode step multiplies a few to a few dozen rows by every weight of the model once, so
  * its matmuls are bound by how fast the weights stream from memory, not by arithmetic.

@@ -7,7 +7,7 @@ block table, BLOCK_N positions at a time, gathering K/V row by row through the t
 
 so a key tile need not line up with KV blocks, any block size works, and a block table may
 list its blocks in any order. Scores use base 2 (qk_scale already holds log2(e)); the
-log-sum-exp handed back is natural-log, like the torch paths and kernels/merge.py.
+log-sum-exp handed back is natural-log, like the torch paths and parrot_kernels/merge.py.
 """
 
 from __future__ import annotations

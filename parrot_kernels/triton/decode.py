@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.triton.merge import merge_partials
-from kernels.triton.tiles import LOG2E, attend_keys, block_d, dot_precision, finish
+from parrot_kernels.triton.merge import merge_partials
+from parrot_kernels.triton.tiles import LOG2E, attend_keys, block_d, dot_precision, finish
 
 BLOCK_N = 64
 

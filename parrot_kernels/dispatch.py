@@ -1,4 +1,4 @@
-"""Chooses the attention path by device: torch ops on CPU (kernels.cpu), Triton on CUDA.
+"""Chooses the attention path by device: torch ops on CPU (parrot_kernels.cpu), Triton on CUDA.
 
 Triton is imported only when a CUDA path is built, so CPU installs never need it.
 """
@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from kernels.triton.graphs import DecodeGraphs, Forward
-    from kernels.triton.step import PagedKV, TritonAttention
+    from parrot_kernels.triton.graphs import DecodeGraphs, Forward
+    from parrot_kernels.triton.step import PagedKV, TritonAttention
 
 
 def triton_available() -> bool:
@@ -45,8 +45,8 @@ def triton_attention(
     groups: list[tuple[list[int], int]],
     prefills: list[tuple[list[int], int, int]],
 ) -> TritonAttention:
-    """The per-layer attention of one step on the Triton path (see kernels/triton/step.py)."""
-    from kernels.triton.step import TritonAttention
+    """The per-layer attention of one step on the Triton path (parrot_kernels/triton/step.py)."""
+    from parrot_kernels.triton.step import TritonAttention
 
     return TritonAttention(kv, scale, num_heads, decodes, groups, prefills)
 
@@ -57,6 +57,6 @@ def decode_graphs(
     """CUDA graphs for decode steps on a CUDA device; None elsewhere."""
     if kv.k.device.type != "cuda":
         return None
-    from kernels.triton.graphs import DecodeGraphs
+    from parrot_kernels.triton.graphs import DecodeGraphs
 
     return DecodeGraphs(forward, kv, scale, num_heads, max_blocks)

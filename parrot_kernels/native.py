@@ -1,8 +1,9 @@
 """CPU kernels in C, built on first use: decode attention over paged bf16 KV
-(kernels/native/paged_decode.c), a layer's small ops (kernels/native/layer_ops.c) and the
-decode step's weight matmuls on AMX tiles (kernels/native/tile_matmul.c).
+(parrot_kernels/native/paged_decode.c), a layer's small ops
+(parrot_kernels/native/layer_ops.c) and the decode step's weight matmuls on AMX tiles
+(parrot_kernels/native/tile_matmul.c).
 
-Why C for attention: the torch path (kernels/cpu.py) gathers every sequence's KV blocks into
+Why C for attention: the torch path (parrot_kernels/cpu.py) gathers every sequence's KV blocks into
 a new tensor, then runs a flash-attention kernel made for long query blocks over the 3 query
 rows a grouped-query decode has per KV head. The C kernel reads the blocks in place, loads
 each K/V row once per head group and runs the softmax in AVX-512; a layer's decode attention
@@ -121,7 +122,7 @@ class Library:
 
 
 class PagedDecode:
-    """The attention kernel: `__call__` mirrors kernels.cpu.decode_attention, with lengths
+    """The attention kernel: `__call__` mirrors parrot_kernels.cpu.decode_attention, with lengths
     in place of the padding bias."""
 
     def __init__(self, lib: ctypes.CDLL):
@@ -186,7 +187,7 @@ class PagedDecode:
 
 
 class LayerOps:
-    """RMSNorm, rotary embedding and SwiGLU over bf16 rows (kernels/native/layer_ops.c), for
+    """RMSNorm, rotary embedding and SwiGLU over bf16 rows (parrot_kernels/native/layer_ops.c), for
     any widths. Each call checks its tensors, since the C side trusts its pointers."""
 
     def __init__(self, lib: ctypes.CDLL):

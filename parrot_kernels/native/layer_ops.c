@@ -1,5 +1,5 @@
 /* The small per-layer ops of a CPU decoder step in C: RMSNorm, rotary embedding (in place)
- * and the SwiGLU product. Built with paged_decode.c into one library by kernels/native.py;
+ * and the SwiGLU product. Built with paged_decode.c into one library by parrot_kernels/native.py;
  * see there for why.
  *
  * In torch each of these is several elementwise ops (RMSNorm alone upcasts, squares, means,
