@@ -45,7 +45,12 @@ log = logging.getLogger(__name__)
 # One library: decode attention, the per-layer ops (norm, rotary, SwiGLU) and the tile
 # matmul, which share the bf16 helpers in the header. The build's cache key covers every file.
 _DIR = Path(__file__).with_name("native")
-SOURCES = (_DIR / "paged_decode.c", _DIR / "layer_ops.c", _DIR / "tile_matmul.c")
+SOURCES = (
+    _DIR / "paged_decode.c",
+    _DIR / "shared_decode.c",
+    _DIR / "layer_ops.c",
+    _DIR / "tile_matmul.c",
+)
 HEADERS = (_DIR / "bf16.h",)
 # Tried in order: the machine's own vector units with OpenMP threads, then without OpenMP
 # (a compiler without it still gets a working, single-threaded kernel).
@@ -107,8 +112,9 @@ def _bind(lib: ctypes.CDLL, name: str, *argtypes) -> ctypes._CFuncPtr:
 
 
 class Library:
-    """The built library, loaded: `decode` (attention), `ops` (the per-layer ops) and
-    `matmul` (the tile matmul; None where the CPU or the OS does not offer AMX tiles)."""
+    """The built library, loaded: `decode` (attention), `ops` (the per-layer ops), and on
+    AMX tiles `matmul` (the decode matmuls) and `shared` (attention of rows that share a
+    prefix); those two are None where the CPU or the OS does not offer the tiles."""
 
     def __init__(self, path: Path):
         lib = ctypes.CDLL(str(path))  # CDLL releases the GIL for each call's duration
@@ -118,6 +124,8 @@ class Library:
         self.ops = LayerOps(lib)
         # Asks the OS for the tile state once per process; False without AMX at build time.
         self.matmul = TileMatmul(lib) if lib.tile_matmul_available() else None
+        # Decode rows that share a prefix, on the same tiles (None where those are missing).
+        self.shared = SharedDecode(lib) if lib.shared_decode_available() else None
         self.path = path
 
 
@@ -184,6 +192,107 @@ class PagedDecode:
         if status != 0:
             raise NativeError(f"paged_decode returned {status} for q {tuple(q.shape)}")
         return out, lse
+
+
+@dataclass(frozen=True, slots=True)
+class SharedItems:
+    """A step's shared-prefix work items, as the kernel reads them (built once per step)."""
+
+    members: torch.Tensor  # [rows] batch rows, item after item
+    starts: torch.Tensor  # [items + 1] offsets into members
+    prefix: torch.Tensor  # [items] shared tokens of each item
+
+
+class SharedDecode:
+    """Decode attention on AMX tiles for items of rows that share a prefix
+    (parrot_kernels/native/shared_decode.c): the prefix's K and V are read once per item."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        args = (_P, _I64, _P, _P, _P, _I64, _P, _I, _I, _I, _I, ctypes.c_float, _P, _P)
+        self._fn = _bind(lib, "shared_decode", *args, _P, _P, _P, _I, _I)
+
+    @staticmethod
+    def rows_per_item(num_heads: int, num_kv_heads: int) -> int:
+        """Sequences one item holds: its query rows (the heads of one KV head) fill a tile."""
+        return 16 // (num_heads // num_kv_heads)
+
+    @staticmethod
+    def supports(
+        dtype: torch.dtype, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int
+    ) -> bool:
+        return (
+            dtype == torch.bfloat16
+            and num_heads % num_kv_heads == 0
+            and num_heads // num_kv_heads <= 16
+            and head_dim % 32 == 0
+            and head_dim <= 256
+            and block_size % 16 == 0
+        )
+
+    @staticmethod
+    def items(groups: list[tuple[list[int], int]], batch: int) -> SharedItems:
+        """groups: (rows of a batch of `batch`, shared prefix tokens); each group's rows at
+        most rows_per_item, the prefix a multiple of 16 tokens below each row's length and
+        read from the first row's table (the kernel checks those). A row is in one item at
+        most."""
+        members = [r for rows, _ in groups for r in rows]
+        assert len(set(members)) == len(members), "a row in two items"
+        assert all(0 <= r < batch for r in members), "a row outside the batch"
+        starts = [0]
+        for rows, _ in groups:
+            starts.append(starts[-1] + len(rows))
+        return SharedItems(
+            torch.tensor(members, dtype=torch.long),
+            torch.tensor(starts, dtype=torch.long),
+            torch.tensor([p for _, p in groups], dtype=torch.long),
+        )
+
+    def __call__(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        tables: torch.Tensor,
+        lens: torch.Tensor,
+        block_size: int,
+        scale: float,
+        items: SharedItems,
+        out: torch.Tensor,
+        lse: torch.Tensor,
+    ) -> None:
+        """As PagedDecode, for the rows of `items` only: writes their rows of `out` [B, Hq, D]
+        and `lse` [B, Hq] (the other rows are left as they are)."""
+        b, hq, d = q.shape
+        if q.stride(2) != 1 or q.stride(1) != d:
+            q = q.contiguous()
+        assert k.is_contiguous() and v.is_contiguous() and k.dtype == torch.bfloat16
+        assert tables.dtype == torch.long and lens.dtype == torch.long
+        assert out.shape == q.shape and out.is_contiguous() and lse.is_contiguous()
+        assert lse.shape == (b, hq) and lse.dtype == torch.float32
+        tables, lens = tables.contiguous(), lens.contiguous()
+        status = self._fn(
+            q.data_ptr(),
+            q.stride(0),
+            k.data_ptr(),
+            v.data_ptr(),
+            tables.data_ptr(),
+            tables.shape[1],
+            lens.data_ptr(),
+            hq,
+            k.shape[1],
+            d,
+            block_size,
+            scale,
+            out.data_ptr(),
+            lse.data_ptr(),
+            items.members.data_ptr(),
+            items.starts.data_ptr(),
+            items.prefix.data_ptr(),
+            len(items.prefix),
+            torch.get_num_threads(),
+        )
+        if status != 0:
+            raise NativeError(f"shared_decode returned {status} for q {tuple(q.shape)}")
 
 
 class LayerOps:

@@ -10,8 +10,11 @@ attended in the batched decode call, and the two partial results are merged exac
     seq C blocks: [ P0 P1 P2 | c3 c4 c5 ]   merge by log-sum-exp
 
 That split is for the torch path and (as the same groups) the GPU's Triton kernels. With the
-C decode kernel the plan forms no groups: the kernel reads each row's whole table in place,
-and the rows of a group find the prefix blocks in the core's cache.
+C kernels on CPU, a group's rows go to the tile kernel in items of up to 16 query rows
+(parrot_kernels/native/shared_decode.c), which reads the prefix once per item and attends to
+prefix and suffix in one exact softmax, so nothing is merged; the other rows go to the paged
+kernel, which reads each row's whole table in place. Without AMX tiles there are no groups
+on that path: the paged kernel reads the prefix again for every row, from the core's cache.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from parrot_kernels.cpu import (
 from parrot_kernels.merge import merge_attention_states
 
 if TYPE_CHECKING:
-    from parrot_kernels.native import PagedDecode
+    from parrot_kernels.native import PagedDecode, SharedDecode, SharedItems
     from parrot_kernels.triton.step import TritonAttention
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
@@ -74,6 +77,9 @@ class AttentionPlan:
         prefills: list[PrefillSpan],
         native: PagedDecode | None = None,
         threads: int | None = None,
+        shared: SharedDecode | None = None,
+        shared_items: SharedItems | None = None,
+        paged_lens: torch.Tensor | None = None,
     ):
         self.kv = kv
         self.scale = scale
@@ -86,6 +92,11 @@ class AttentionPlan:
         self.prefills = prefills
         self.native = native
         self.threads = threads  # torch threads for the attention; None: the caller's
+        # The C path's shared-prefix items (tile kernel), and the lengths the paged kernel
+        # gets: 0 for the items' rows, which the tile kernel then writes.
+        self.shared = shared
+        self.shared_items = shared_items
+        self.paged_lens = paged_lens if paged_lens is not None else decode_lens
 
     @classmethod
     def build(
@@ -98,10 +109,12 @@ class AttentionPlan:
         share_prefixes: bool = True,
         native: PagedDecode | None = None,
         threads: int | None = None,
+        shared: SharedDecode | None = None,
     ) -> AttentionPlan:
         """decodes: (block table, length incl. the new token); prefills: (table, start, n).
 
         `native`: the C decode kernel (parrot_kernels/native.py); None keeps the torch ops.
+        `shared`: with `native`, the tile kernel for shared-prefix groups (None: no groups).
         `threads`: torch threads the attention runs on (engine/builtin/threads.py); None
         keeps the caller's count.
         """
@@ -123,10 +136,17 @@ class AttentionPlan:
 
         groups: list[SharedGroup] = []
         skip = [0] * len(decodes)  # leading blocks of each decode covered by its group
-        # With the C kernel a group's prefix half would be torch ops (gather, attend, merge:
-        # some 25 small ops per group and layer), which took longer than the kernel reading
-        # the prefix again for every row (docs/BENCHMARKS.md, "Engine").
-        if share_prefixes and native is None and len(decodes) > 1:
+        # With the C kernels, groups go to the tile kernel: the torch group path (gather,
+        # attend, merge: some 25 small ops per group and layer) took longer than the paged
+        # kernel reading the prefix again for every row (docs/BENCHMARKS.md, "Engine").
+        items: list[tuple[list[int], int]] = []
+        if share_prefixes and native is not None and shared is not None and len(decodes) > 1:
+            per = shared.rows_per_item(num_heads, kv.k.shape[2])
+            for rows, num_blocks in _shared_groups(decodes):
+                count = -(-len(rows) // per)  # items, then rows spread evenly over them
+                size = -(-len(rows) // count)
+                items += [(rows[i : i + size], num_blocks * bs) for i in range(0, len(rows), size)]
+        elif share_prefixes and native is None and len(decodes) > 1:
             for rows, num_blocks in _shared_groups(decodes):
                 groups.append(
                     SharedGroup(
@@ -137,7 +157,7 @@ class AttentionPlan:
                 for r in rows:
                     skip[r] = num_blocks
 
-        decode_tables = decode_lens = decode_bias = None
+        decode_tables = decode_lens = decode_bias = paged_lens = None
         if decodes:
             lens = [length - skip[i] * bs for i, (_, length) in enumerate(decodes)]
             width = -(-max(lens) // bs)
@@ -150,6 +170,9 @@ class AttentionPlan:
             if native is None:
                 valid = torch.arange(width * bs).unsqueeze(0) < decode_lens.unsqueeze(1)
                 decode_bias = mask_to_bias(valid, dtype)
+            if items:
+                paged_lens = decode_lens.clone()
+                paged_lens[[r for rows, _ in items for r in rows]] = 0
         return cls(
             kv,
             scale,
@@ -162,6 +185,9 @@ class AttentionPlan:
             spans,
             native,
             threads,
+            shared if items else None,
+            shared.items(items, len(decodes)) if items else None,
+            paged_lens,
         )
 
     def __call__(
@@ -204,9 +230,13 @@ class AttentionPlan:
         """Each decode row against its own (private) blocks: output and log-sum-exp."""
         bs = self.kv.block_size
         if self.native is not None:
-            return self.native(
-                q, k_flat, v_flat, self.decode_tables, self.decode_lens, bs, self.scale
+            out, lse = self.native(
+                q, k_flat, v_flat, self.decode_tables, self.paged_lens, bs, self.scale
             )
+            if self.shared is not None:
+                items, tables, lens = self.shared_items, self.decode_tables, self.decode_lens
+                self.shared(q, k_flat, v_flat, tables, lens, bs, self.scale, items, out, lse)
+            return out, lse
         shape = (-1, bs, *k_flat.shape[1:])
         return decode_attention(
             q,

@@ -110,6 +110,7 @@ class BuiltinEngine:
             AttentionThreads(
                 options.attention_threads or machine_cores(), options.wide_attention_context
             ),
+            kernels.shared if kernels and options.share_prefix_attention else None,
         )
         self.eos_ids = tuple(self.tokenizer.eos_token_ids)
         self._info = EngineInfo(

@@ -22,9 +22,12 @@ class ModelRunner:
         share_prefixes: bool = True,
         native_decode: native.PagedDecode | None = None,
         attention_threads: AttentionThreads | None = None,
+        shared_decode: native.SharedDecode | None = None,
     ):
         """`native_decode`: the C decode attention kernel, used where the model's head
-        layout allows (CPU only); None keeps torch ops. `attention_threads`: when a step's
+        layout allows (CPU only); None keeps torch ops. `shared_decode`: with it, the tile kernel
+        for rows that share a prefix (None: the paged kernel reads each row's prefix).
+        `attention_threads`: when a step's
         attention runs on more threads than the rest (CPU only; engine/builtin/threads.py)."""
         self.model = model
         self.kv = kv
@@ -42,10 +45,19 @@ class ModelRunner:
             and native.PagedDecode.supports(kv.k.dtype, c.num_heads, c.num_kv_heads, c.head_dim)
         ):
             self.native = native_decode
+        self.shared = None
+        if (
+            self.native is not None
+            and shared_decode is not None
+            and native.SharedDecode.supports(
+                kv.k.dtype, c.num_heads, c.num_kv_heads, c.head_dim, kv.block_size
+            )
+        ):
+            self.shared = shared_decode
         self._build_plan = (
             device_plan
             if self.on_device
-            else functools.partial(AttentionPlan.build, native=self.native)
+            else functools.partial(AttentionPlan.build, native=self.native, shared=self.shared)
         )
         # CUDA: Triton attention plans, and graphs for decode-only steps
         # (parrot_kernels/dispatch.py).

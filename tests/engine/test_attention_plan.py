@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -98,3 +99,46 @@ def test_native_decode_kernel_gives_the_same_plan_result_as_torch(seed: int):
         assert len(plan.groups) == (1 if kernel is None else 0)
         outs.append(plan(0, q, k, v).float())
     assert (outs[0] - outs[1]).abs().max() < 0.03
+
+
+LIB = native.load()
+
+
+@pytest.mark.skipif(
+    LIB is None or LIB.shared is None, reason="no AMX tiles for the shared-prefix C kernel here"
+)
+@pytest.mark.parametrize("seed", range(3))
+def test_tile_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
+    """SmolLM2's head layout (9 query heads over 3 KV heads): a group of 7 rows (more than one
+    item holds) and one of 2 go to the tile kernel, the loners and the prefill elsewhere; the
+    result matches the torch path's split-and-merge and the paged kernel alone."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    cfg = dataclasses.replace(tiny_config(), num_heads=9, num_kv_heads=3, head_dim=64)
+    kv = KVCache(cfg, num_blocks=96, block_size=BS, dtype=torch.bfloat16)
+    kv.k.normal_()
+    kv.v.normal_()
+    free = list(range(96))
+    rng.shuffle(free)
+    decodes = []
+    for members in (7, 2):
+        prefix = [free.pop() for _ in range(rng.randint(2, 5))]
+        for _ in range(members):
+            suffix_len = rng.randint(1, 40)
+            own = [free.pop() for _ in range(-(-suffix_len // BS))]
+            decodes.append((prefix + own, len(prefix) * BS + suffix_len))
+    decodes.insert(3, ([free.pop(), free.pop()], rng.randint(17, 32)))  # a loner mid-batch
+    prefills = [([free.pop() for _ in range(2)], 5, 11)]
+    q, k, v = _step_qkv(cfg, len(decodes) + 11, torch.bfloat16)
+    outs = []
+    for paged, shared in ((None, None), (LIB.decode, None), (LIB.decode, LIB.shared)):
+        plan = AttentionPlan.build(
+            kv, cfg.head_dim**-0.5, cfg.num_heads, decodes, prefills, native=paged, shared=shared
+        )
+        if shared is not None:
+            # 7 rows at 5 per item: two items of 3 and 4; then the group of 2.
+            assert plan.shared_items.starts.diff().tolist() == [4, 3, 2]
+            assert plan.paged_lens[3] > 0 and (plan.paged_lens == 0).sum() == 9
+        outs.append(plan(0, q, k, v).float())
+    assert (outs[0] - outs[1]).abs().max() < 0.03
+    assert (outs[0] - outs[2]).abs().max() < 0.03

@@ -138,3 +138,64 @@ def test_without_a_working_compiler_load_falls_back_with_the_reason(
     assert "native CPU kernels unavailable" in caplog.text
     assert cc in caplog.text
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing half-built left
+
+
+SHARED = LIB.shared if LIB else None
+needs_tiles = pytest.mark.skipif(SHARED is None, reason="no AMX tiles here")
+
+
+def _shared_case(seed: int, hq: int, hkv: int, d: int, prefix_blocks: int, own: list[int]):
+    """Rows whose tables start with the same `prefix_blocks` blocks, then their own."""
+    lens = [prefix_blocks * BS + n for n in own]
+    q, k, v, tables, padded = _case(seed, hq, hkv, d, lens)
+    for i in range(1, len(lens)):
+        tables[i][:prefix_blocks] = tables[0][:prefix_blocks]
+        padded[i, :prefix_blocks] = padded[0, :prefix_blocks]
+    return q, k, v, tables, padded, lens
+
+
+@needs_tiles
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize(
+    ("hq", "hkv", "d"), [(9, 3, 64), (8, 8, 32), (8, 1, 128), (16, 1, 64), (4, 2, 256)]
+)
+def test_tile_kernel_matches_reference_for_rows_sharing_a_prefix(seed, hq, hkv, d):
+    """Items as many rows as a tile holds over a shared prefix (with suffixes of uneven
+    length: 1 token, a partial block, several blocks), one item of a single row, one row
+    left out; out and lse match the reference, and the row left out is not written."""
+    rng = random.Random(seed)
+    own = [1, 15, 16, 17, 40] + [rng.randint(1, 70) for _ in range(6)]
+    prefix = rng.randint(1, 5) * BS
+    q, k, v, tables, padded, lens = _shared_case(seed, hq, hkv, d, prefix // BS, own)
+    per = native.SharedDecode.rows_per_item(hq, hkv)
+    groups = [(list(range(i, min(i + per, 9))), prefix) for i in range(0, 9, per)]
+    groups.append(([9], 0))  # no prefix: the row's whole table, alone; row 10 in no item
+    out = torch.full(q.shape, 7.0, dtype=torch.bfloat16)
+    lse = torch.full(q.shape[:2], 7.0)
+    flat = (-1, hkv, d)
+    items = native.SharedDecode.items(groups, len(lens))
+    SHARED(q, k.view(flat), v.view(flat), padded, torch.tensor(lens), BS, d**-0.5, items, out, lse)
+    ref_out, ref_lse = reference_paged_decode(q, k, v, tables, lens)
+    done = sorted(r for rs, _ in groups for r in rs)
+    assert done == list(range(10))
+    assert (out[:10].float() - ref_out[:10].float()).abs().max() < 0.03
+    assert (lse[:10] - ref_lse[:10]).abs().max() < 1e-3
+    assert (out[10] == 7.0).all() and (lse[10] == 7.0).all()
+
+
+@needs_tiles
+def test_tile_kernel_refuses_items_it_cannot_compute():
+    q, k, v, _, padded, lens = _shared_case(0, 9, 3, 64, 2, [5, 9, 3, 4, 6, 7])
+    flat, lens_t = (-1, 3, 64), torch.tensor(lens)
+    out, lse = torch.empty(q.shape, dtype=torch.bfloat16), torch.empty(q.shape[:2])
+    bad = [
+        [([0, 1], 24)],  # a prefix that is not a multiple of 16 tokens
+        [([0, 1], 48)],  # a prefix that leaves a row nothing of its own
+        [([0, 1, 2, 3, 4, 5], 32)],  # more query rows than a tile holds
+    ]
+    for groups in bad:
+        items = native.SharedDecode.items(groups, len(lens))
+        with pytest.raises(native.NativeError):
+            SHARED(q, k.view(flat), v.view(flat), padded, lens_t, BS, 0.125, items, out, lse)
+    assert not native.SharedDecode.supports(torch.bfloat16, 6, 3, 48, 16)
+    assert not native.SharedDecode.supports(torch.bfloat16, 9, 3, 64, 8)
