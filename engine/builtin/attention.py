@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
 MIN_SHARED_BLOCKS = 2
+# Prefill chunks up to this many tokens go to the tile kernel where it runs (CPU with AMX):
+# a few tokens over a long context, which the torch path gathers whole for every chunk.
+# Longer chunks keep the torch path's blocked causal attention.
+TILE_PREFILL_TOKENS = 64
 
 
 @dataclass(slots=True)
@@ -50,11 +54,21 @@ class SharedGroup:
 
 
 @dataclass(slots=True)
+class TileChunk:
+    """A short prefill chunk as tile-kernel items: each token a row over its own table row."""
+
+    tables: torch.Tensor  # [n, nb]: the sequence's table, once per token
+    lens: torch.Tensor  # [n]: keys each token sees (causal: up to and including itself)
+    items: SharedItems  # up to a tile's rows of consecutive tokens over the keys before them
+
+
+@dataclass(slots=True)
 class PrefillSpan:
     start: int  # first row of the chunk in the flat batch
     end: int
-    slots: torch.Tensor  # every KV slot of the sequence up to the chunk's last token
-    bias: torch.Tensor  # causal mask for the chunk's queries, built once for all layers
+    slots: torch.Tensor | None  # every KV slot of the sequence up to the chunk's last token
+    bias: torch.Tensor | None  # causal mask for the chunk's queries, built once for all layers
+    tiles: TileChunk | None = None  # instead of slots and bias: the tile kernel's items
 
 
 def _slots(table: list[int], start_block: int, length: int, block_size: int) -> list[int]:
@@ -130,8 +144,12 @@ class AttentionPlan:
         for table, start, n in prefills:
             slots = _slots(table, 0, start + n, bs)
             slot_mapping.extend(slots[start:])
-            bias = causal_bias(n, start + n, group, dtype)
-            spans.append(PrefillSpan(row, row + n, torch.tensor(slots), bias))
+            if native is not None and shared is not None and n <= TILE_PREFILL_TOKENS:
+                tiles = _tile_chunk(shared, table, start, n, num_heads, kv.k.shape[2], bs)
+                spans.append(PrefillSpan(row, row + n, None, None, tiles))
+            else:
+                bias = causal_bias(n, start + n, group, dtype)
+                spans.append(PrefillSpan(row, row + n, torch.tensor(slots), bias))
             row += n
 
         groups: list[SharedGroup] = []
@@ -185,7 +203,7 @@ class AttentionPlan:
             spans,
             native,
             threads,
-            shared if items else None,
+            shared,
             shared.items(items, len(decodes)) if items else None,
             paged_lens,
         )
@@ -215,6 +233,23 @@ class AttentionPlan:
                 dec[g.rows] = merged
             out[:nd] = dec
         for span in self.prefills:
+            if span.tiles is not None:
+                rows = span.end - span.start
+                lse = torch.empty(rows, q.shape[1], dtype=torch.float32)
+                c = span.tiles
+                self.shared(
+                    q[span.start : span.end],
+                    k_flat,
+                    v_flat,
+                    c.tables,
+                    c.lens,
+                    self.kv.block_size,
+                    self.scale,
+                    c.items,
+                    out[span.start : span.end],
+                    lse,
+                )
+                continue
             out[span.start : span.end] = causal_attention(
                 q[span.start : span.end],
                 k_flat[span.slots],
@@ -233,7 +268,7 @@ class AttentionPlan:
             out, lse = self.native(
                 q, k_flat, v_flat, self.decode_tables, self.paged_lens, bs, self.scale
             )
-            if self.shared is not None:
+            if self.shared_items is not None:
                 items, tables, lens = self.shared_items, self.decode_tables, self.decode_lens
                 self.shared(q, k_flat, v_flat, tables, lens, bs, self.scale, items, out, lse)
             return out, lse
@@ -246,6 +281,26 @@ class AttentionPlan:
             self.decode_bias,
             self.scale,
         )
+
+
+def _tile_chunk(
+    shared: SharedDecode,
+    table: list[int],
+    start: int,
+    n: int,
+    num_heads: int,
+    num_kv_heads: int,
+    block_size: int,
+) -> TileChunk:
+    """Token j of the chunk sees keys [0, start + j]; an item's tokens share the keys before
+    the first of them, rounded down to 16 (the kernel's prefix unit), and each reads the rest
+    (under 16 + a tile's tokens) as its own."""
+    per = shared.rows_per_item(num_heads, num_kv_heads)
+    need = -(-(start + n) // block_size)
+    tables = torch.tensor(table[:need], dtype=torch.long).expand(n, need).contiguous()
+    lens = torch.arange(start + 1, start + n + 1, dtype=torch.long)
+    groups = [(list(range(i, min(i + per, n))), (start + i) // 16 * 16) for i in range(0, n, per)]
+    return TileChunk(tables, lens, shared.items(groups, n))
 
 
 def _shared_groups(decodes: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:

@@ -111,7 +111,8 @@ LIB = native.load()
 def test_tile_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
     """SmolLM2's head layout (9 query heads over 3 KV heads): a group of 7 rows (more than one
     item holds) and one of 2 go to the tile kernel, the loners and the prefill elsewhere; the
-    result matches the torch path's split-and-merge and the paged kernel alone."""
+    result matches the torch path's split-and-merge and the paged kernel alone; so do the
+    short prefill chunks the tile kernel takes."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     cfg = dataclasses.replace(tiny_config(), num_heads=9, num_kv_heads=3, head_dim=64)
@@ -128,8 +129,14 @@ def test_tile_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
             own = [free.pop() for _ in range(-(-suffix_len // BS))]
             decodes.append((prefix + own, len(prefix) * BS + suffix_len))
     decodes.insert(3, ([free.pop(), free.pop()], rng.randint(17, 32)))  # a loner mid-batch
-    prefills = [([free.pop() for _ in range(2)], 5, 11)]
-    q, k, v = _step_qkv(cfg, len(decodes) + 11, torch.bfloat16)
+    # Prefill chunks: short ones go to the tile kernel (from the start, and 23 tokens after
+    # 70: items over a 64- or 80-token prefix), a long one keeps the torch path.
+    prefills = [
+        ([free.pop() for _ in range(2)], 5, 11),
+        ([free.pop() for _ in range(6)], 70, 23),
+        ([free.pop() for _ in range(5)], 0, 70),
+    ]
+    q, k, v = _step_qkv(cfg, len(decodes) + 11 + 23 + 70, torch.bfloat16)
     outs = []
     for paged, shared in ((None, None), (LIB.decode, None), (LIB.decode, LIB.shared)):
         plan = AttentionPlan.build(
@@ -139,6 +146,8 @@ def test_tile_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
             # 7 rows at 5 per item: two items of 3 and 4; then the group of 2.
             assert plan.shared_items.starts.diff().tolist() == [4, 3, 2]
             assert plan.paged_lens[3] > 0 and (plan.paged_lens == 0).sum() == 9
+            assert [s.tiles is not None for s in plan.prefills] == [True, True, False]
+            assert plan.prefills[1].tiles.items.prefix.tolist() == [64, 64, 80, 80, 80]
         outs.append(plan(0, q, k, v).float())
     assert (outs[0] - outs[1]).abs().max() < 0.03
     assert (outs[0] - outs[2]).abs().max() < 0.03
