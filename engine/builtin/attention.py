@@ -15,6 +15,8 @@ C kernels on CPU, a group's rows go to the tile kernel in items of up to 16 quer
 prefix and suffix in one exact softmax, so nothing is merged; the other rows go to the paged
 kernel, which reads each row's whole table in place. Without AMX tiles there are no groups
 on that path: the paged kernel reads the prefix again for every row, from the core's cache.
+The tile kernel also takes short prefill chunks (a user's question behind a long prompt):
+each token is a row over the keys up to itself, consecutive tokens share an item.
 """
 
 from __future__ import annotations
