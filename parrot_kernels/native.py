@@ -51,7 +51,7 @@ SOURCES = (
     _DIR / "layer_ops.c",
     _DIR / "tile_matmul.c",
 )
-HEADERS = (_DIR / "bf16.h",)
+HEADERS = (_DIR / "bf16.h", _DIR / "tiles.h")
 # Tried in order: the machine's own vector units with OpenMP threads, then without OpenMP
 # (a compiler without it still gets a working, single-threaded kernel).
 FLAG_SETS = (
@@ -161,12 +161,8 @@ class PagedDecode:
         """q [B, Hq, D] bf16 (rows may be strided); k/v [slots, Hkv, D] bf16 contiguous;
         tables [B, nb] int64 block ids; lens [B] int64 tokens to attend per sequence.
         Returns out [B, Hq, D] bf16 and lse [B, Hq] float32."""
+        q, tables, lens = _decode_inputs(q, k, v, tables, lens)
         b, hq, d = q.shape
-        if q.stride(2) != 1 or q.stride(1) != d:
-            q = q.contiguous()
-        assert k.is_contiguous() and v.is_contiguous() and k.dtype == torch.bfloat16
-        assert tables.dtype == torch.long and lens.dtype == torch.long
-        tables, lens = tables.contiguous(), lens.contiguous()
         out = torch.empty(b, hq, d, dtype=q.dtype)
         lse = torch.empty(b, hq, dtype=torch.float32)
         if b == 0:
@@ -262,14 +258,10 @@ class SharedDecode:
     ) -> None:
         """As PagedDecode, for the rows of `items` only: writes their rows of `out` [B, Hq, D]
         and `lse` [B, Hq] (the other rows are left as they are)."""
+        q, tables, lens = _decode_inputs(q, k, v, tables, lens)
         b, hq, d = q.shape
-        if q.stride(2) != 1 or q.stride(1) != d:
-            q = q.contiguous()
-        assert k.is_contiguous() and v.is_contiguous() and k.dtype == torch.bfloat16
-        assert tables.dtype == torch.long and lens.dtype == torch.long
         assert out.shape == q.shape and out.is_contiguous() and lse.is_contiguous()
         assert lse.shape == (b, hq) and lse.dtype == torch.float32
-        tables, lens = tables.contiguous(), lens.contiguous()
         status = self._fn(
             q.data_ptr(),
             q.stride(0),
@@ -425,6 +417,18 @@ class TileMatmul:
         )
         _ok(status, "tile_linear", x)
         return out
+
+
+def _decode_inputs(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The decode kernels' inputs as the C code reads them: q's heads contiguous (its rows may
+    stay strided), the caches contiguous bf16, tables and lengths contiguous int64."""
+    if q.stride(2) != 1 or q.stride(1) != q.shape[2]:
+        q = q.contiguous()
+    assert k.is_contiguous() and v.is_contiguous() and k.dtype == torch.bfloat16
+    assert tables.dtype == torch.long and lens.dtype == torch.long
+    return q, tables.contiguous(), lens.contiguous()
 
 
 def _check_rows(x: torch.Tensor, width: int, at_least: bool = False) -> None:

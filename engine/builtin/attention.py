@@ -62,6 +62,7 @@ class TileChunk:
     tables: torch.Tensor  # [n, nb]: the sequence's table, once per token
     lens: torch.Tensor  # [n]: keys each token sees (causal: up to and including itself)
     items: SharedItems  # up to a tile's rows of consecutive tokens over the keys before them
+    lse: torch.Tensor  # [n, Hq] scratch the kernel writes (unused: nothing is merged)
 
 
 @dataclass(slots=True)
@@ -236,8 +237,6 @@ class AttentionPlan:
             out[:nd] = dec
         for span in self.prefills:
             if span.tiles is not None:
-                rows = span.end - span.start
-                lse = torch.empty(rows, q.shape[1], dtype=torch.float32)
                 c = span.tiles
                 self.shared(
                     q[span.start : span.end],
@@ -249,7 +248,7 @@ class AttentionPlan:
                     self.scale,
                     c.items,
                     out[span.start : span.end],
-                    lse,
+                    c.lse,
                 )
                 continue
             out[span.start : span.end] = causal_attention(
@@ -302,7 +301,8 @@ def _tile_chunk(
     tables = torch.tensor(table[:need], dtype=torch.long).expand(n, need).contiguous()
     lens = torch.arange(start + 1, start + n + 1, dtype=torch.long)
     groups = [(list(range(i, min(i + per, n))), (start + i) // 16 * 16) for i in range(0, n, per)]
-    return TileChunk(tables, lens, shared.items(groups, n))
+    lse = torch.empty(n, num_heads, dtype=torch.float32)
+    return TileChunk(tables, lens, shared.items(groups, n), lse)
 
 
 def _shared_groups(decodes: list[tuple[list[int], int]]) -> list[tuple[list[int], int]]:

@@ -22,6 +22,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "tiles.h"
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
 
@@ -30,14 +31,6 @@
 int tile_matmul_available(void); /* tile_matmul.c: asks the OS for the tile state */
 
 int shared_decode_available(void) { return tile_matmul_available(); }
-
-typedef struct {
-  uint8_t palette;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} tile_config;
 
 /* Tiles 0-3: float32 accumulators (rows x 16); 4: A (rows x 32 bf16); 5-7: B (16 x 32 bf16). */
 static void configure(int m) {
@@ -123,13 +116,13 @@ typedef struct { /* a run of key columns: tokens [from, to) of `table` */
   int member;            /* -1: every row sees it; else only that member's rows */
 } segment;
 
-/* One item, one KV head. scores/probs: rows x cols scratch (cols a multiple of 32). */
+/* One item, one KV head. scores/probs: scratch for 16 rows of the widest item's columns. */
 static void attend_item(const uint16_t *q, int64_t q_stride, const uint16_t *k,
                         const uint16_t *v, const int64_t *tables, int64_t nb,
                         const int64_t *lens, const int64_t *rows_b, int count, int64_t prefix,
                         int hq, int hkv, int h, int d, int bs, float scale, uint16_t *out,
-                        float *lse, float *scores, uint16_t *probs, int64_t cols,
-                        segment *segs, int *configured) {
+                        float *lse, float *scores, uint16_t *probs, segment *segs,
+                        int *configured) {
   const int g_count = hq / hkv, m = count * g_count;
   const int64_t stride = (int64_t)hkv * d;
   uint16_t qbuf[ROWS * 256] __attribute__((aligned(64)));
@@ -149,6 +142,7 @@ static void attend_item(const uint16_t *q, int64_t q_stride, const uint16_t *k,
     segs[n_seg++] = (segment){tables + rows_b[i] * nb, prefix, lens[rows_b[i]], col, i};
     col += (lens[rows_b[i]] - prefix + 31) & ~(int64_t)31;
   }
+  const int64_t cols = col; /* the scratch rows' width: every segment, 32-column aligned */
   if (*configured != m) {
     configure(m);
     *configured = m;
@@ -301,11 +295,8 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
         continue;
       }
       const int count = (int)(starts[i + 1] - starts[i]);
-      int64_t cols = (prefix[i] + 31) & ~(int64_t)31;
-      for (int j = 0; j < count; j++)
-        cols += (lens[members[starts[i] + j]] - prefix[i] + 31) & ~(int64_t)31;
       attend_item(q, q_stride, k, v, tables, nb, lens, members + starts[i], count, prefix[i],
-                  hq, hkv, h, d, bs, scale, out, lse, scores, probs, cols, segs, &configured);
+                  hq, hkv, h, d, bs, scale, out, lse, scores, probs, segs, &configured);
     }
     if (configured >= 0) _tile_release();
     free(scores);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "bf16.h"
+#include "tiles.h"
 
 #define TILE_K 32 /* bf16 elements of K per tile row: 64 bytes */
 #define PAIR_N 32 /* output columns per pair of B tiles */
@@ -54,14 +55,6 @@ int tile_matmul_available(void) {
   /* Idempotent: asking again once granted succeeds. */
   return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
 }
-
-typedef struct {
-  uint8_t palette;
-  uint8_t start_row;
-  uint8_t reserved[14];
-  uint16_t colsb[16];
-  uint8_t rows[16];
-} tile_config;
 
 /* Tiles 0-3: accumulators (rows 0-15 x pair halves 0/1, rows 16-31 x halves 0/1); 4-5: the
  * two A tiles; 6-7: the two B tiles. m1 == 0 leaves the second row tile unconfigured. */
