@@ -13,6 +13,12 @@
  * exact softmax per row covers its prefix and its own tokens, with no merge afterwards. The
  * probabilities are rounded to bf16 for the second product (scores and sums stay float32).
  *
+ * Both products need their operand rearranged first (the transpose, the interleave), which
+ * costs more than the products themselves. Items whose prefixes lie in the same cache blocks
+ * (the items of one group, the tokens of one prefill chunk) therefore run together, up to
+ * FUSE at a time on one thread: each block of the prefix is rearranged once and, while it is
+ * in L1, used by every item of the unit.
+ *
  * Layout as paged_decode.c; items: members[starts[i] .. starts[i+1]) are the batch rows of
  * item i, prefix[i] its shared tokens (a multiple of 16, below every member's length).
  */
@@ -27,18 +33,22 @@
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
 
 #define ROWS 16 /* query rows per item: the rows of one tile */
+#define FUSE 8  /* items run together over one rearranged prefix */
+#define SPAN 256 /* keys rearranged at a time: K and V 32 KB each at D = 64 */
 
 int tile_matmul_available(void); /* tile_matmul.c: asks the OS for the tile state */
 
 int shared_decode_available(void) { return tile_matmul_available(); }
 
-/* Tiles 0-3: float32 accumulators (rows x 16); 4: A (rows x 32 bf16); 5-7: B (16 x 32 bf16). */
-static void configure(int m) {
+/* Tiles 0-3: float32 accumulators (16 x 16); 4: A (16 x 32 bf16); 5-7: B (16 x 32 bf16).
+ * Every item uses all 16 rows (an item with fewer has zero queries in the rest), so one
+ * configuration serves a whole call. */
+static void configure(void) {
   tile_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.palette = 1;
   for (int t = 0; t < 8; t++) {
-    cfg.rows[t] = (uint8_t)(t >= 5 ? 16 : m);
+    cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
   _tile_loadconfig(&cfg);
@@ -116,193 +126,299 @@ typedef struct { /* a run of key columns: tokens [from, to) of `table` */
   int member;            /* -1: every row sees it; else only that member's rows */
 } segment;
 
-/* One item, one KV head. scores/probs: scratch for 16 rows of the widest item's columns. */
-static void attend_item(const uint16_t *q, int64_t q_stride, const uint16_t *k,
-                        const uint16_t *v, const int64_t *tables, int64_t nb,
-                        const int64_t *lens, const int64_t *rows_b, int count, int64_t prefix,
-                        int hq, int hkv, int h, int d, int bs, float scale, uint16_t *out,
-                        float *lse, float *scores, uint16_t *probs, segment *segs,
-                        int *configured) {
-  const int g_count = hq / hkv, m = count * g_count;
-  const int64_t stride = (int64_t)hkv * d;
-  uint16_t qbuf[ROWS * 256] __attribute__((aligned(64)));
-  uint16_t pack[8 * 4 * 512] __attribute__((aligned(64))); /* up to 8 dim chunks x 4 */
-  float acc[ROWS * 16] __attribute__((aligned(64)));
+/* One item's state: its queries, and per row the running max, sum and weighted sum of V. */
+typedef struct {
+  const int64_t *rows_b; /* its batch rows */
+  int count, m;          /* sequences, query rows (count x heads per KV head) */
+  int64_t prefix;        /* shared tokens */
+  int n_seg;
+  segment segs[ROWS + 1];
+  uint16_t *q;  /* [ROWS x D], rows past m zero */
+  float *acc;   /* [ROWS x D] */
+  float maxs[ROWS], sums[ROWS];
+} item_state;
 
+typedef struct { /* a thread's scratch for one unit of up to FUSE items */
+  item_state items[FUSE];
+  uint16_t *kpack;  /* SPAN keys of K, rearranged: 64 keys [d/32][4 tiles][512] at a time */
+  uint16_t *vpack;  /* SPAN keys of V, rearranged: [d/64 chunks][SPAN/32][4 tiles][512] */
+  float *scores;    /* [ROWS x SPAN] */
+  uint16_t *probs;  /* [ROWS x SPAN] */
+} scratch;
+
+static void item_init(item_state *it, const uint16_t *q, int64_t q_stride,
+                      const int64_t *tables, int64_t nb, const int64_t *lens,
+                      const int64_t *rows_b, int count, int64_t prefix, int g_count, int h,
+                      int d) {
+  it->rows_b = rows_b, it->count = count, it->m = count * g_count, it->prefix = prefix;
+  memset(it->q, 0, sizeof(uint16_t) * ROWS * d);
   for (int i = 0; i < count; i++) /* the item's query rows, one after another */
-    memcpy(qbuf + i * g_count * d, q + rows_b[i] * q_stride + (int64_t)h * g_count * d,
+    memcpy(it->q + i * g_count * d, q + rows_b[i] * q_stride + (int64_t)h * g_count * d,
            sizeof(uint16_t) * g_count * d);
-  int n_seg = 0;
-  int64_t col = 0;
-  if (prefix > 0) {
-    segs[n_seg++] = (segment){tables + rows_b[0] * nb, 0, prefix, 0, -1};
-    col = (prefix + 31) & ~(int64_t)31;
-  }
-  for (int i = 0; i < count; i++) {
-    segs[n_seg++] = (segment){tables + rows_b[i] * nb, prefix, lens[rows_b[i]], col, i};
-    col += (lens[rows_b[i]] - prefix + 31) & ~(int64_t)31;
-  }
-  const int64_t cols = col; /* the scratch rows' width: every segment, 32-column aligned */
-  if (*configured != m) {
-    configure(m);
-    *configured = m;
-  }
+  memset(it->acc, 0, sizeof(float) * ROWS * d); /* padding rows too: tiles read them */
+  for (int r = 0; r < ROWS; r++) it->maxs[r] = -INFINITY, it->sums[r] = 0;
+  int n = 0;
+  for (int i = 0; i < count; i++)
+    it->segs[n++] = (segment){tables + rows_b[i] * nb, prefix, lens[rows_b[i]], 0, i};
+  it->n_seg = n;
+}
 
+/* Rearranges keys [t0, t0 + len) of `table` (len <= SPAN) into the scratch's packs. */
+static void pack_span(scratch *sc, const uint16_t *k, const uint16_t *v, const int64_t *table,
+                      int64_t t0, int64_t len, int bs, int hkv, int h, int d) {
+  const int64_t stride = (int64_t)hkv * d;
+  for (int64_t t = 0; t < len; t += 64)
+    for (int j = 0; j < 4; j++) {
+      const int64_t left = len - t - 16 * j;
+      const int n = left >= 16 ? 16 : (left > 0 ? (int)left : 0);
+      const uint16_t *kp = n ? key_row(k, table, t0 + t + 16 * j, bs, hkv, h, d) : k;
+      for (int c = 0; c < d / 32; c++)
+        pack_k(kp, stride, n, c, sc->kpack + t / 64 * 64 * d + (c * 4 + j) * 512);
+    }
+  for (int64_t t = 0; t < len; t += 32) {
+    const int64_t left = len - t;
+    int n0 = left < 16 ? (int)left : 16, n1 = left - 16 < 16 ? (int)(left - 16) : 16;
+    const uint16_t *v0 = key_row(v, table, t0 + t, bs, hkv, h, d);
+    const uint16_t *v1 = n1 > 0 ? key_row(v, table, t0 + t + 16, bs, hkv, h, d) : 0;
+    for (int d0 = 0; d0 < d; d0 += 64) {
+      const int nt = (d - d0) / 16 < 4 ? (d - d0) / 16 : 4;
+      pack_v(v0, n0, v1, n1 > 0 ? n1 : 0, stride, d0, nt,
+             sc->vpack + d0 / 64 * (SPAN / 32 * 2048) + t / 32 * nt * 512);
+    }
+  }
+}
+
+/* One item over the first `len` keys of the packed span: the rows that see them (all, or
+ * one member's) take them into their running softmax and weighted sum. */
+static void attend_span(item_state *it, const scratch *sc, int64_t len, int member, int g_count,
+                        int d, float scale) {
   /* Scores, 64 keys (4 tiles of 16) at a time: four independent accumulators keep the
    * tile unit busy where one would wait on each multiply's result. */
-  for (int s = 0; s < n_seg; s++)
-    for (int64_t t = segs[s].from; t < segs[s].to; t += 64) {
-      const int64_t left = segs[s].to - t;
-      const int chunks = left >= 64 ? 4 : (int)((left + 15) / 16);
-      for (int j = 0; j < 4; j++) {
-        int n = j < chunks ? (left - 16 * j < 16 ? (int)(left - 16 * j) : 16) : 0;
-        const uint16_t *kp = n ? key_row(k, segs[s].table, t + 16 * j, bs, hkv, h, d) : k;
-        for (int c = 0; c < d / 32; c++) pack_k(kp, stride, n, c, pack + (c * 4 + j) * 512);
-      }
-      _tile_zero(0);
-      _tile_zero(1);
-      _tile_zero(2);
-      _tile_zero(3);
-      for (int c = 0; c < d / 32; c++) {
-        const uint16_t *b = pack + c * 4 * 512;
-        _tile_loadd(4, qbuf + 32 * c, d * 2);
-        _tile_loadd(5, b, 64);
-        _tile_loadd(6, b + 512, 64);
-        _tile_loadd(7, b + 1024, 64);
-        _tile_dpbf16ps(0, 4, 5);
-        _tile_dpbf16ps(1, 4, 6);
-        _tile_dpbf16ps(2, 4, 7);
-        _tile_loadd(5, b + 1536, 64);
-        _tile_dpbf16ps(3, 4, 5);
-      }
-      float *dst = scores + segs[s].col + (t - segs[s].from);
-      _tile_stored(0, dst, cols * 4); /* later chunks only where they hold keys: a segment's */
-      if (chunks > 1) _tile_stored(1, dst + 16, cols * 4); /* columns end 32 past its start */
-      if (chunks > 2) _tile_stored(2, dst + 32, cols * 4);
-      if (chunks > 3) _tile_stored(3, dst + 48, cols * 4);
-    }
-
-  /* Softmax per row over the columns it sees; probabilities to bf16, 0 elsewhere. */
-  const __m512 sc = _mm512_set1_ps(scale);
-  float maxs[ROWS], sums[ROWS];
-  for (int r = 0; r < m; r++) {
-    float *sr = scores + r * cols;
-    uint16_t *pr = probs + r * cols;
-    memset(pr, 0, sizeof(uint16_t) * cols);
-    __m512 mx = _mm512_set1_ps(-INFINITY);
-    for (int s = 0; s < n_seg; s++) {
-      if (segs[s].member >= 0 && segs[s].member != r / g_count) continue;
-      for (int64_t t = 0; t < segs[s].to - segs[s].from; t += 16) {
-        __mmask16 live = tail(segs[s].to - segs[s].from - t);
-        __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sr + segs[s].col + t), sc);
-        mx = _mm512_mask_max_ps(mx, live, mx, x);
-      }
-    }
-    maxs[r] = _mm512_reduce_max_ps(mx);
-    __m512 mb = _mm512_set1_ps(maxs[r]), total = _mm512_setzero_ps();
-    for (int s = 0; s < n_seg; s++) {
-      if (segs[s].member >= 0 && segs[s].member != r / g_count) continue;
-      for (int64_t t = 0; t < segs[s].to - segs[s].from; t += 16) {
-        __mmask16 live = tail(segs[s].to - segs[s].from - t);
-        __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sr + segs[s].col + t), sc);
-        __m512 p = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(x, mb)));
-        total = _mm512_add_ps(total, p);
-        _mm256_mask_storeu_epi16(pr + segs[s].col + t, live,
-                                 (__m256i)_mm512_cvtneps_pbh(p));
-      }
-    }
-    sums[r] = _mm512_reduce_add_ps(total);
-  }
-
-  /* Weighted sum of V, 32 keys and up to 64 dims at a time. */
-  for (int d0 = 0; d0 < d; d0 += 64) {
-    const int nt = (d - d0) / 16 < 4 ? (d - d0) / 16 : 4;
-    _tile_zero(0); /* zeroing an unused tile costs nothing and keeps the numbers immediate */
+  for (int64_t t = 0; t < len; t += 64) {
+    const int64_t left = len - t;
+    const int chunks = left >= 64 ? 4 : (int)((left + 15) / 16);
+    const uint16_t *packed = sc->kpack + t / 64 * 64 * d;
+    _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int s = 0; s < n_seg; s++)
-      for (int64_t t = segs[s].from; t < segs[s].to; t += 32) {
-        int64_t left = segs[s].to - t;
-        int n0 = left < 16 ? (int)left : 16, n1 = left - 16 < 16 ? (int)(left - 16) : 16;
-        const uint16_t *v0 = key_row(v, segs[s].table, t, bs, hkv, h, d);
-        const uint16_t *v1 = n1 > 0 ? key_row(v, segs[s].table, t + 16, bs, hkv, h, d) : 0;
-        pack_v(v0, n0, v1, n1 > 0 ? n1 : 0, stride, d0, nt, pack);
-        _tile_loadd(4, probs + segs[s].col + (t - segs[s].from), cols * 2);
-        for (int j = 0; j < nt; j++) {
-          _tile_loadd(5, pack + j * 512, 64);
-          /* Tile numbers are immediates: one call per accumulator. */
-          if (j == 0) _tile_dpbf16ps(0, 4, 5);
-          if (j == 1) _tile_dpbf16ps(1, 4, 5);
-          if (j == 2) _tile_dpbf16ps(2, 4, 5);
-          if (j == 3) _tile_dpbf16ps(3, 4, 5);
-        }
+    for (int c = 0; c < d / 32; c++) {
+      const uint16_t *b = packed + c * 4 * 512;
+      _tile_loadd(4, it->q + 32 * c, d * 2);
+      _tile_loadd(5, b, 64);
+      _tile_loadd(6, b + 512, 64);
+      _tile_loadd(7, b + 1024, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_dpbf16ps(1, 4, 6);
+      _tile_dpbf16ps(2, 4, 7);
+      _tile_loadd(5, b + 1536, 64);
+      _tile_dpbf16ps(3, 4, 5);
+    }
+    float *dst = sc->scores + t;
+    _tile_stored(0, dst, SPAN * 4);
+    if (chunks > 1) _tile_stored(1, dst + 16, SPAN * 4);
+    if (chunks > 2) _tile_stored(2, dst + 32, SPAN * 4);
+    if (chunks > 3) _tile_stored(3, dst + 48, SPAN * 4);
+  }
+
+  /* Online softmax: a row whose max grows rescales what it has summed so far. The
+   * probabilities go to bf16, 0 in the columns up to the next 32 that the row does not see. */
+  const int64_t cols = (len + 31) & ~(int64_t)31;
+  const __m512 sc_v = _mm512_set1_ps(scale);
+  for (int r = 0; r < it->m; r++) {
+    uint16_t *pr = sc->probs + r * SPAN;
+    if (member >= 0 && r / g_count != member) {
+      memset(pr, 0, sizeof(uint16_t) * cols);
+      continue;
+    }
+    const float *sr = sc->scores + r * SPAN;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t t = 0; t < len; t += 16) {
+      __mmask16 live = tail(len - t);
+      mx = _mm512_mask_max_ps(mx, live, mx, _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sr + t), sc_v));
+    }
+    const float span_max = _mm512_reduce_max_ps(mx);
+    if (span_max > it->maxs[r]) {
+      if (it->maxs[r] > -INFINITY) {
+        const float corr = expf(it->maxs[r] - span_max);
+        it->sums[r] *= corr;
+        const __m512 cv = _mm512_set1_ps(corr);
+        float *a = it->acc + (int64_t)r * d;
+        for (int j = 0; j < d; j += 16) _mm512_storeu_ps(a + j, _mm512_mul_ps(_mm512_loadu_ps(a + j), cv));
       }
-    for (int j = 0; j < nt; j++) {
-      if (j == 0) _tile_stored(0, acc, 64);
-      if (j == 1) _tile_stored(1, acc, 64);
-      if (j == 2) _tile_stored(2, acc, 64);
-      if (j == 3) _tile_stored(3, acc, 64);
-      for (int r = 0; r < m; r++) {
-        const int i = r / g_count, g = r % g_count;
-        uint16_t *o = out + (rows_b[i] * hq + (int64_t)h * g_count + g) * d + d0 + 16 * j;
-        store_bf16(o, _mm512_mul_ps(_mm512_load_ps(acc + 16 * r), _mm512_set1_ps(1 / sums[r])),
-                   0xffff);
+      it->maxs[r] = span_max;
+    }
+    const __m512 mb = _mm512_set1_ps(it->maxs[r]);
+    __m512 total = _mm512_setzero_ps();
+    for (int64_t t = 0; t < cols; t += 16) {
+      __mmask16 live = t < len ? tail(len - t) : 0;
+      __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sr + t), sc_v);
+      __m512 p = _mm512_maskz_mov_ps(live, exp_nonpositive(_mm512_sub_ps(x, mb)));
+      total = _mm512_add_ps(total, p);
+      _mm256_storeu_si256((__m256i *)(pr + t), (__m256i)_mm512_cvtneps_pbh(p));
+    }
+    it->sums[r] += _mm512_reduce_add_ps(total);
+  }
+
+  /* Weighted sum of V, 32 keys and up to 64 dims at a time, added to the row sums. */
+  for (int d0 = 0; d0 < d; d0 += 64) {
+    const int nt = (d - d0) / 16 < 4 ? (d - d0) / 16 : 4;
+    float *acc = it->acc + d0;
+    const int64_t ld = (int64_t)d * 4;
+    _tile_loadd(0, acc, ld);
+    if (nt > 1) _tile_loadd(1, acc + 16, ld);
+    if (nt > 2) _tile_loadd(2, acc + 32, ld);
+    if (nt > 3) _tile_loadd(3, acc + 48, ld);
+    const uint16_t *vp = sc->vpack + d0 / 64 * (SPAN / 32 * 2048);
+    for (int64_t t = 0; t < len; t += 32) {
+      _tile_loadd(4, sc->probs + t, SPAN * 2);
+      for (int j = 0; j < nt; j++) {
+        _tile_loadd(5, vp + t / 32 * nt * 512 + j * 512, 64);
+        /* Tile numbers are immediates: one call per accumulator. */
+        if (j == 0) _tile_dpbf16ps(0, 4, 5);
+        if (j == 1) _tile_dpbf16ps(1, 4, 5);
+        if (j == 2) _tile_dpbf16ps(2, 4, 5);
+        if (j == 3) _tile_dpbf16ps(3, 4, 5);
       }
     }
+    _tile_stored(0, acc, ld);
+    if (nt > 1) _tile_stored(1, acc + 16, ld);
+    if (nt > 2) _tile_stored(2, acc + 32, ld);
+    if (nt > 3) _tile_stored(3, acc + 48, ld);
   }
-  for (int r = 0; r < m; r++) {
-    const int i = r / g_count, g = r % g_count;
-    lse[rows_b[i] * hq + (int64_t)h * g_count + g] = maxs[r] + logf(sums[r]);
+}
+
+/* A unit: n items over one KV head, whose prefixes lie in the blocks of `table` (the item
+ * with the longest, `top` tokens). The prefix goes SPAN keys at a time, each span rearranged
+ * once for every item that reaches it; then each item's members' own tokens. */
+static void attend_unit(scratch *sc, int n, const int64_t *table, int64_t top, const uint16_t *k,
+                        const uint16_t *v, int hq, int hkv, int h, int d, int bs, float scale,
+                        uint16_t *out, float *lse) {
+  const int g_count = hq / hkv;
+  for (int64_t t0 = 0; t0 < top; t0 += SPAN) {
+    const int64_t len = top - t0 < SPAN ? top - t0 : SPAN;
+    pack_span(sc, k, v, table, t0, len, bs, hkv, h, d);
+    for (int i = 0; i < n; i++) {
+      item_state *it = &sc->items[i];
+      if (it->prefix > t0)
+        attend_span(it, sc, it->prefix - t0 < len ? it->prefix - t0 : len, -1, g_count, d, scale);
+    }
+  }
+  for (int i = 0; i < n; i++) {
+    item_state *it = &sc->items[i];
+    for (int s = 0; s < it->n_seg; s++) {
+      const segment *sg = &it->segs[s];
+      for (int64_t t0 = sg->from; t0 < sg->to; t0 += SPAN) {
+        const int64_t len = sg->to - t0 < SPAN ? sg->to - t0 : SPAN;
+        pack_span(sc, k, v, sg->table, t0, len, bs, hkv, h, d);
+        attend_span(it, sc, len, sg->member, g_count, d, scale);
+      }
+    }
+    for (int r = 0; r < it->m; r++) {
+      const int i2 = r / g_count, g = r % g_count;
+      const int64_t at = it->rows_b[i2] * hq + (int64_t)h * g_count + g;
+      const __m512 inv = _mm512_set1_ps(1 / it->sums[r]);
+      for (int j = 0; j < d; j += 16)
+        store_bf16(out + at * d + j, _mm512_mul_ps(_mm512_loadu_ps(it->acc + r * d + j), inv),
+                   0xffff);
+      lse[at] = it->maxs[r] + logf(it->sums[r]);
+    }
   }
 }
 
 /* Returns 0; -1 when a shape or an item is outside what this kernel handles (nothing
- * written); -2 when a work item could not allocate its scratch (its rows left unwritten). */
+ * written); -2 when scratch could not be allocated (rows left unwritten). */
 int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const uint16_t *v,
                   const int64_t *tables, int64_t nb, const int64_t *lens, int hq, int hkv, int d,
                   int bs, float scale, uint16_t *out, float *lse, const int64_t *members,
                   const int64_t *starts, const int64_t *prefix, int n_items, int threads) {
   const int g_count = hq / hkv;
   if (hq % hkv || g_count > ROWS || d % 32 || d > 256 || bs % 16) return -1;
-  int64_t widest = 0;
   for (int i = 0; i < n_items; i++) {
     const int64_t count = starts[i + 1] - starts[i];
     if (count < 1 || count * g_count > ROWS || prefix[i] < 0 || prefix[i] % 16) return -1;
-    int64_t cols = (prefix[i] + 31) & ~(int64_t)31;
-    for (int64_t j = starts[i]; j < starts[i + 1]; j++) {
+    for (int64_t j = starts[i]; j < starts[i + 1]; j++)
       if (lens[members[j]] <= prefix[i]) return -1;
-      cols += (lens[members[j]] - prefix[i] + 31) & ~(int64_t)31;
-    }
-    if (cols > widest) widest = cols;
   }
+  /* Units: items whose prefixes lie in the same blocks (the first row's table agrees over
+   * the shorter of the two prefixes), up to FUSE each, in the order given. */
+  int *order = malloc(sizeof(int) * (n_items + 1)); /* items, unit by unit */
+  int *unit_at = malloc(sizeof(int) * (n_items + 1)); /* unit u: order[unit_at[u] ..) */
+  int *unit_top = malloc(sizeof(int) * (n_items + 1)); /* its item with the longest prefix */
+  char *placed = calloc(n_items + 1, 1);
+  if (!order || !unit_at || !unit_top || !placed) {
+    free(order), free(unit_at), free(unit_top), free(placed);
+    return -2;
+  }
+  /* Fewer items per unit where there would be too few units to keep the threads busy. */
+  int fuse = (int)(((int64_t)n_items * hkv + 4 * threads - 1) / (4 * threads));
+  fuse = fuse < 1 ? 1 : (fuse > FUSE ? FUSE : fuse);
+  int n_units = 0, n_placed = 0;
+  for (int i = 0; i < n_items; i++) {
+    if (placed[i]) continue;
+    unit_at[n_units] = n_placed, unit_top[n_units] = i;
+    order[n_placed++] = i, placed[i] = 1;
+    const int64_t *ti = tables + members[starts[i]] * nb;
+    for (int j = i + 1; j < n_items && n_placed - unit_at[n_units] < fuse; j++) {
+      if (placed[j] || prefix[i] == 0 || prefix[j] == 0) continue;
+      const int64_t *tt = tables + members[starts[unit_top[n_units]]] * nb;
+      const int64_t top = prefix[unit_top[n_units]];
+      const int64_t common = prefix[j] < top ? prefix[j] : top;
+      if (memcmp(tables + members[starts[j]] * nb, tt, sizeof(int64_t) * ((common + bs - 1) / bs)))
+        continue;
+      order[n_placed++] = j, placed[j] = 1;
+      if (prefix[j] > top) unit_top[n_units] = j;
+    }
+    (void)ti;
+    n_units++;
+  }
+  unit_at[n_units] = n_placed;
+
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    /* Scratch sized for the widest item, once per thread. */
-    float *scores = aligned_alloc(64, sizeof(float) * ROWS * widest);
-    uint16_t *probs = aligned_alloc(64, sizeof(uint16_t) * ROWS * widest);
-    segment *segs = malloc(sizeof(segment) * (ROWS + 1));
-    int configured = -1;
+    /* Scratch, once per thread. */
+    scratch *sc = calloc(1, sizeof(scratch));
+    float *scores = aligned_alloc(64, sizeof(float) * ROWS * SPAN);
+    uint16_t *probs = aligned_alloc(64, sizeof(uint16_t) * ROWS * SPAN);
+    uint16_t *qs = aligned_alloc(64, sizeof(uint16_t) * FUSE * ROWS * 256);
+    float *accs = aligned_alloc(64, sizeof(float) * FUSE * ROWS * 256);
+    uint16_t *kpack = aligned_alloc(64, sizeof(uint16_t) * SPAN * 256);
+    uint16_t *vpack = aligned_alloc(64, sizeof(uint16_t) * SPAN * 256);
+    const int ok = sc && scores && probs && qs && accs && kpack && vpack;
+    if (ok) {
+      memset(probs, 0, sizeof(uint16_t) * ROWS * SPAN); /* rows past an item's m: finite */
+      sc->kpack = kpack, sc->vpack = vpack, sc->scores = scores, sc->probs = probs;
+      for (int i = 0; i < FUSE; i++) {
+        sc->items[i].q = qs + i * ROWS * 256;
+        sc->items[i].acc = accs + i * ROWS * 256;
+      }
+      configure();
+    }
 #pragma omp for schedule(dynamic, 1)
-    for (int w = 0; w < n_items * hkv; w++) {
-      /* Head-major: a thread's next item is likely over the same head's prefix, still in
+    for (int w = 0; w < n_units * hkv; w++) {
+      /* Head-major: a thread's next unit is likely over the same head's prefix, still in
        * its cache (one head's K and V over 2,000 tokens: 512 KB at D = 64). */
-      const int h = w / n_items, i = w % n_items;
-      if (!scores || !probs || !segs) {
+      const int h = w / n_units, u = w % n_units;
+      if (!ok) {
 #pragma omp atomic write
         failed = 1;
         continue;
       }
-      const int count = (int)(starts[i + 1] - starts[i]);
-      attend_item(q, q_stride, k, v, tables, nb, lens, members + starts[i], count, prefix[i],
-                  hq, hkv, h, d, bs, scale, out, lse, scores, probs, segs, &configured);
+      const int n = unit_at[u + 1] - unit_at[u];
+      for (int x = 0; x < n; x++) {
+        const int i = order[unit_at[u] + x];
+        item_init(&sc->items[x], q, q_stride, tables, nb, lens, members + starts[i],
+                  (int)(starts[i + 1] - starts[i]), prefix[i], g_count, h, d);
+      }
+      const int top = unit_top[u];
+      attend_unit(sc, n, tables + members[starts[top]] * nb, prefix[top], k, v, hq, hkv, h, d,
+                  bs, scale, out, lse);
     }
-    if (configured >= 0) _tile_release();
-    free(scores);
-    free(probs);
-    free(segs);
+    if (ok) _tile_release();
+    free(sc), free(scores), free(probs), free(qs), free(accs), free(kpack), free(vpack);
   }
+  free(order), free(unit_at), free(unit_top), free(placed);
   return failed ? -2 : 0;
 }
 
