@@ -201,7 +201,8 @@ class SharedItems:
 
 class SharedDecode:
     """Decode attention on AMX tiles for items of rows that share a prefix
-    (parrot_kernels/native/shared_decode.c): the prefix's K and V are read once per item."""
+    (parrot_kernels/native/shared_decode.c): the prefix's K and V are read once per item, and
+    rearranged for the tile products once for all the items over the same prefix blocks."""
 
     def __init__(self, lib: ctypes.CDLL):
         args = (_P, _I64, _P, _P, _P, _I64, _P, _I, _I, _I, _I, ctypes.c_float, _P, _P)

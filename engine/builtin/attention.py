@@ -11,8 +11,9 @@ attended in the batched decode call, and the two partial results are merged exac
 
 That split is for the torch path and (as the same groups) the GPU's Triton kernels. With the
 C kernels on CPU, a group's rows go to the tile kernel in items of up to 16 query rows
-(parrot_kernels/native/shared_decode.c), which reads the prefix once per item and attends to
-prefix and suffix in one exact softmax, so nothing is merged; the other rows go to the paged
+(parrot_kernels/native/shared_decode.c), which reads the prefix once per item (rearranged
+once for all the items over it) and attends to prefix and suffix in one online softmax, so
+no partial results are merged; the other rows go to the paged
 kernel, which reads each row's whole table in place. Without AMX tiles there are no groups
 on that path: the paged kernel reads the prefix again for every row, from the core's cache.
 The tile kernel also takes short prefill chunks (a user's question behind a long prompt):

@@ -10,14 +10,16 @@
  *   out    [rows x D]    = P [rows x keys] . V  (V packed 32 keys at a time: pairs interleaved)
  *
  * Columns of one member's own tokens get probability 0 in the other members' rows, so one
- * exact softmax per row covers its prefix and its own tokens, with no merge afterwards. The
- * probabilities are rounded to bf16 for the second product (scores and sums stay float32).
+ * softmax per row covers its prefix and its own tokens, with no partial results to merge. It
+ * runs online, SPAN keys at a time (a row whose maximum grows rescales what it has summed),
+ * so an item's scratch is one span wide whatever the context. The probabilities are rounded
+ * to bf16 for the second product (scores, maxima and sums stay float32).
  *
  * Both products need their operand rearranged first (the transpose, the interleave), which
  * costs more than the products themselves. Items whose prefixes lie in the same cache blocks
  * (the items of one group, the tokens of one prefill chunk) therefore run together, up to
- * FUSE at a time on one thread: each block of the prefix is rearranged once and, while it is
- * in L1, used by every item of the unit.
+ * FUSE at a time on one thread: each span of the prefix is rearranged once and, while it is
+ * in cache, used by every item of the unit.
  *
  * Layout as paged_decode.c; items: members[starts[i] .. starts[i+1]) are the batch rows of
  * item i, prefix[i] its shared tokens (a multiple of 16, below every member's length).
@@ -235,7 +237,8 @@ static void attend_span(item_state *it, const scratch *sc, int64_t len, int memb
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t t = 0; t < len; t += 16) {
       __mmask16 live = tail(len - t);
-      mx = _mm512_mask_max_ps(mx, live, mx, _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sr + t), sc_v));
+      const __m512 x = _mm512_mul_ps(_mm512_maskz_loadu_ps(live, sr + t), sc_v);
+      mx = _mm512_mask_max_ps(mx, live, mx, x);
     }
     const float span_max = _mm512_reduce_max_ps(mx);
     if (span_max > it->maxs[r]) {
@@ -244,7 +247,8 @@ static void attend_span(item_state *it, const scratch *sc, int64_t len, int memb
         it->sums[r] *= corr;
         const __m512 cv = _mm512_set1_ps(corr);
         float *a = it->acc + (int64_t)r * d;
-        for (int j = 0; j < d; j += 16) _mm512_storeu_ps(a + j, _mm512_mul_ps(_mm512_loadu_ps(a + j), cv));
+        for (int j = 0; j < d; j += 16)
+          _mm512_storeu_ps(a + j, _mm512_mul_ps(_mm512_loadu_ps(a + j), cv));
       }
       it->maxs[r] = span_max;
     }
@@ -358,18 +362,16 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
     if (placed[i]) continue;
     unit_at[n_units] = n_placed, unit_top[n_units] = i;
     order[n_placed++] = i, placed[i] = 1;
-    const int64_t *ti = tables + members[starts[i]] * nb;
     for (int j = i + 1; j < n_items && n_placed - unit_at[n_units] < fuse; j++) {
       if (placed[j] || prefix[i] == 0 || prefix[j] == 0) continue;
       const int64_t *tt = tables + members[starts[unit_top[n_units]]] * nb;
       const int64_t top = prefix[unit_top[n_units]];
       const int64_t common = prefix[j] < top ? prefix[j] : top;
-      if (memcmp(tables + members[starts[j]] * nb, tt, sizeof(int64_t) * ((common + bs - 1) / bs)))
-        continue;
+      const size_t blocks = (size_t)((common + bs - 1) / bs);
+      if (memcmp(tables + members[starts[j]] * nb, tt, sizeof(int64_t) * blocks)) continue;
       order[n_placed++] = j, placed[j] = 1;
       if (prefix[j] > top) unit_top[n_units] = j;
     }
-    (void)ti;
     n_units++;
   }
   unit_at[n_units] = n_placed;
