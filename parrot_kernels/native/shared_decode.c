@@ -36,7 +36,7 @@
 
 #define ROWS 16 /* query rows per item: the rows of one tile */
 #define FUSE 8  /* items run together over one rearranged prefix */
-#define SPAN 256 /* keys rearranged at a time: K and V 32 KB each at D = 64 */
+#define SPAN 128 /* keys rearranged at a time: K and V 16 KB each at D = 64 */
 
 int tile_matmul_available(void); /* tile_matmul.c: asks the OS for the tile state */
 
