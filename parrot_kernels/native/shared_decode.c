@@ -122,10 +122,10 @@ static inline const uint16_t *key_row(const uint16_t *base, const int64_t *table
   return base + ((table[t / bs] * bs + t % bs) * hkv + h) * (int64_t)d;
 }
 
-typedef struct { /* a run of key columns: tokens [from, to) of `table` */
+typedef struct { /* a member's own tokens: [from, to) of `table` */
   const int64_t *table;
-  int64_t from, to, col; /* col: its first column, a multiple of 32 */
-  int member;            /* -1: every row sees it; else only that member's rows */
+  int64_t from, to;
+  int member; /* the item's member whose rows alone see it */
 } segment;
 
 /* One item's state: its queries, and per row the running max, sum and weighted sum of V. */
@@ -134,7 +134,7 @@ typedef struct {
   int count, m;          /* sequences, query rows (count x heads per KV head) */
   int64_t prefix;        /* shared tokens */
   int n_seg;
-  segment segs[ROWS + 1];
+  segment segs[ROWS]; /* one a member */
   uint16_t *q;  /* [ROWS x D], rows past m zero */
   float *acc;   /* [ROWS x D] */
   float maxs[ROWS], sums[ROWS];
@@ -161,7 +161,7 @@ static void item_init(item_state *it, const uint16_t *q, int64_t q_stride,
   for (int r = 0; r < ROWS; r++) it->maxs[r] = -INFINITY, it->sums[r] = 0;
   int n = 0;
   for (int i = 0; i < count; i++)
-    it->segs[n++] = (segment){tables + rows_b[i] * nb, prefix, lens[rows_b[i]], 0, i};
+    it->segs[n++] = (segment){tables + rows_b[i] * nb, prefix, lens[rows_b[i]], i};
   it->n_seg = n;
 }
 
