@@ -131,7 +131,7 @@ typedef struct { /* a member's own tokens: [from, to) of `table` */
 /* One item's state: its queries, and per row the running max, sum and weighted sum of V. */
 typedef struct {
   const int64_t *rows_b; /* its batch rows */
-  int count, m;          /* sequences, query rows (count x heads per KV head) */
+  int m;                 /* query rows: its sequences x heads per KV head */
   int64_t prefix;        /* shared tokens */
   int n_seg;
   segment segs[ROWS]; /* one a member */
@@ -152,7 +152,7 @@ static void item_init(item_state *it, const uint16_t *q, int64_t q_stride,
                       const int64_t *tables, int64_t nb, const int64_t *lens,
                       const int64_t *rows_b, int count, int64_t prefix, int g_count, int h,
                       int d) {
-  it->rows_b = rows_b, it->count = count, it->m = count * g_count, it->prefix = prefix;
+  it->rows_b = rows_b, it->m = count * g_count, it->prefix = prefix;
   memset(it->q, 0, sizeof(uint16_t) * ROWS * d);
   for (int i = 0; i < count; i++) /* the item's query rows, one after another */
     memcpy(it->q + i * g_count * d, q + rows_b[i] * q_stride + (int64_t)h * g_count * d,
@@ -362,8 +362,8 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
     if (placed[i]) continue;
     unit_at[n_units] = n_placed, unit_top[n_units] = i;
     order[n_placed++] = i, placed[i] = 1;
-    for (int j = i + 1; j < n_items && n_placed - unit_at[n_units] < fuse; j++) {
-      if (placed[j] || prefix[i] == 0 || prefix[j] == 0) continue;
+    for (int j = i + 1; prefix[i] > 0 && j < n_items && n_placed - unit_at[n_units] < fuse; j++) {
+      if (placed[j] || prefix[j] == 0) continue;
       const int64_t *tt = tables + members[starts[unit_top[n_units]]] * nb;
       const int64_t top = prefix[unit_top[n_units]];
       const int64_t common = prefix[j] < top ? prefix[j] : top;
@@ -379,21 +379,21 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
   int failed = 0;
 #pragma omp parallel num_threads(threads)
   {
-    /* Scratch, once per thread. */
+    /* Scratch, once per thread and call, sized by D (about 90 KB at D = 64). */
     scratch *sc = calloc(1, sizeof(scratch));
     float *scores = aligned_alloc(64, sizeof(float) * ROWS * SPAN);
     uint16_t *probs = aligned_alloc(64, sizeof(uint16_t) * ROWS * SPAN);
-    uint16_t *qs = aligned_alloc(64, sizeof(uint16_t) * FUSE * ROWS * 256);
-    float *accs = aligned_alloc(64, sizeof(float) * FUSE * ROWS * 256);
-    uint16_t *kpack = aligned_alloc(64, sizeof(uint16_t) * SPAN * 256);
-    uint16_t *vpack = aligned_alloc(64, sizeof(uint16_t) * SPAN * 256);
+    uint16_t *qs = aligned_alloc(64, sizeof(uint16_t) * FUSE * ROWS * d);
+    float *accs = aligned_alloc(64, sizeof(float) * FUSE * ROWS * d);
+    uint16_t *kpack = aligned_alloc(64, sizeof(uint16_t) * SPAN * d);
+    uint16_t *vpack = aligned_alloc(64, sizeof(uint16_t) * SPAN * d);
     const int ok = sc && scores && probs && qs && accs && kpack && vpack;
     if (ok) {
       memset(probs, 0, sizeof(uint16_t) * ROWS * SPAN); /* rows past an item's m: finite */
       sc->kpack = kpack, sc->vpack = vpack, sc->scores = scores, sc->probs = probs;
       for (int i = 0; i < FUSE; i++) {
-        sc->items[i].q = qs + i * ROWS * 256;
-        sc->items[i].acc = accs + i * ROWS * 256;
+        sc->items[i].q = qs + i * ROWS * d;
+        sc->items[i].acc = accs + i * ROWS * d;
       }
       configure();
     }
