@@ -168,13 +168,7 @@ class PagedDecode:
         if b == 0:
             return out, lse
         status = self._fn(
-            q.data_ptr(),
-            q.stride(0),
-            k.data_ptr(),
-            v.data_ptr(),
-            tables.data_ptr(),
-            tables.shape[1],
-            lens.data_ptr(),
+            *_cache_args(q, k, v, tables, lens),
             b,
             hq,
             k.shape[1],
@@ -185,8 +179,7 @@ class PagedDecode:
             lse.data_ptr(),
             torch.get_num_threads(),
         )
-        if status != 0:
-            raise NativeError(f"paged_decode returned {status} for q {tuple(q.shape)}")
+        _ok(status, "paged_decode", q)
         return out, lse
 
 
@@ -264,13 +257,7 @@ class SharedDecode:
         assert out.shape == q.shape and out.is_contiguous() and lse.is_contiguous()
         assert lse.shape == (b, hq) and lse.dtype == torch.float32
         status = self._fn(
-            q.data_ptr(),
-            q.stride(0),
-            k.data_ptr(),
-            v.data_ptr(),
-            tables.data_ptr(),
-            tables.shape[1],
-            lens.data_ptr(),
+            *_cache_args(q, k, v, tables, lens),
             hq,
             k.shape[1],
             d,
@@ -284,8 +271,7 @@ class SharedDecode:
             len(items.prefix),
             torch.get_num_threads(),
         )
-        if status != 0:
-            raise NativeError(f"shared_decode returned {status} for q {tuple(q.shape)}")
+        _ok(status, "shared_decode", q)
 
 
 class LayerOps:
@@ -430,6 +416,22 @@ def _decode_inputs(
     assert k.is_contiguous() and v.is_contiguous() and k.dtype == torch.bfloat16
     assert tables.dtype == torch.long and lens.dtype == torch.long
     return q, tables.contiguous(), lens.contiguous()
+
+
+def _cache_args(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tables: torch.Tensor, lens: torch.Tensor
+) -> tuple[int, ...]:
+    """The decode kernels' leading arguments, in their order: q and its row stride, the
+    caches, the block tables and their width, the lengths (inputs from _decode_inputs)."""
+    return (
+        q.data_ptr(),
+        q.stride(0),
+        k.data_ptr(),
+        v.data_ptr(),
+        tables.data_ptr(),
+        tables.shape[1],
+        lens.data_ptr(),
+    )
 
 
 def _check_rows(x: torch.Tensor, width: int, at_least: bool = False) -> None:
