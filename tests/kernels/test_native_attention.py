@@ -199,3 +199,33 @@ def test_tile_kernel_refuses_items_it_cannot_compute():
             SHARED(q, k.view(flat), v.view(flat), padded, lens_t, BS, 0.125, items, out, lse)
     assert not native.SharedDecode.supports(torch.bfloat16, 6, 3, 48, 16)
     assert not native.SharedDecode.supports(torch.bfloat16, 9, 3, 64, 8)
+
+
+@needs_tiles
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tile_kernel_runs_items_over_one_long_prefix_together(threads):
+    """A prefix of several key spans, many items over it, one of them over a shorter prefix
+    of the same blocks: the kernel runs such items as one unit (the prefix rearranged once,
+    the softmax online across spans) and still matches the reference row by row."""
+    hq, hkv, d = 9, 3, 64
+    rng = random.Random(11)
+    own = [rng.randint(1, 70) for _ in range(25)]
+    q, k, v, tables, padded, lens = _shared_case(3, hq, hkv, d, 23, own)
+    per = native.SharedDecode.rows_per_item(hq, hkv)
+    groups = [(list(range(20, 25)), 160)]  # the shorter prefix first: its unit grows past it
+    groups += [(list(range(i, i + per)), 23 * BS) for i in range(0, 20, per)]
+    items = native.SharedDecode.items(groups, len(lens))
+    out = torch.empty(q.shape, dtype=torch.bfloat16)
+    lse = torch.empty(q.shape[:2])
+    flat = (-1, hkv, d)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        SHARED(
+            q, k.view(flat), v.view(flat), padded, torch.tensor(lens), BS, d**-0.5, items, out, lse
+        )
+    finally:
+        torch.set_num_threads(before)
+    ref_out, ref_lse = reference_paged_decode(q, k, v, tables, lens)
+    assert (out.float() - ref_out.float()).abs().max() < 0.03
+    assert (lse - ref_lse).abs().max() < 1e-3
