@@ -165,6 +165,22 @@ static void item_init(item_state *it, const uint16_t *q, int64_t q_stride,
   it->n_seg = n;
 }
 
+/* Asks for keys [t0, t0 + len) of `table`, K and V, to be brought into cache ahead of their
+ * rearrangement. A step runs through every layer's cache, so the prefix is read cold; over
+ * the paper's long prompts that cost a step more than the rearrangement (30 layers of 48
+ * rows over four prompts: 78 ms read cold against 42 hot, 66 with this). */
+static void prefetch_span(const uint16_t *k, const uint16_t *v, const int64_t *table,
+                          int64_t t0, int64_t len, int bs, int hkv, int h, int d) {
+  for (int64_t t = t0; t < t0 + len; t++) {
+    const char *kr = (const char *)key_row(k, table, t, bs, hkv, h, d);
+    const char *vr = (const char *)key_row(v, table, t, bs, hkv, h, d);
+    for (int b = 0; b < d * 2; b += 64) {
+      _mm_prefetch(kr + b, _MM_HINT_T0);
+      _mm_prefetch(vr + b, _MM_HINT_T0);
+    }
+  }
+}
+
 /* Rearranges keys [t0, t0 + len) of `table` (len <= SPAN) into the scratch's packs. */
 static void pack_span(scratch *sc, const uint16_t *k, const uint16_t *v, const int64_t *table,
                       int64_t t0, int64_t len, int bs, int hkv, int h, int d) {
@@ -301,6 +317,9 @@ static void attend_unit(scratch *sc, int n, const int64_t *table, int64_t top, c
   const int g_count = hq / hkv;
   for (int64_t t0 = 0; t0 < top; t0 += SPAN) {
     const int64_t len = top - t0 < SPAN ? top - t0 : SPAN;
+    if (t0 + SPAN < top) /* the next span, read while this one is worked on */
+      prefetch_span(k, v, table, t0 + SPAN, top - t0 - SPAN < SPAN ? top - t0 - SPAN : SPAN,
+                    bs, hkv, h, d);
     pack_span(sc, k, v, table, t0, len, bs, hkv, h, d);
     for (int i = 0; i < n; i++) {
       item_state *it = &sc->items[i];
@@ -399,9 +418,11 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
     }
 #pragma omp for schedule(dynamic, 1)
     for (int w = 0; w < n_units * hkv; w++) {
-      /* Head-major: a thread's next unit is likely over the same head's prefix, still in
-       * its cache (one head's K and V over 2,000 tokens: 512 KB at D = 64). */
-      const int h = w / n_units, u = w % n_units;
+      /* Unit-major: the threads take the heads of one unit about together, and one token's
+       * heads lie side by side in the cache, so a cache line one thread's reading pulled in
+       * for a neighbouring head is likely still there for the other (read cold, 30 layers
+       * of 48 rows over four prompts: 61-62 ms against 66-72 head-major). */
+      const int h = w % hkv, u = w / hkv;
       if (!ok) {
 #pragma omp atomic write
         failed = 1;
