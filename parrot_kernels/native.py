@@ -1,5 +1,6 @@
 """CPU kernels in C, built on first use: decode attention over paged bf16 KV
-(parrot_kernels/native/paged_decode.c), a layer's small ops
+(parrot_kernels/native/paged_decode.c; for rows that share a prefix,
+parrot_kernels/native/shared_decode.c), a layer's small ops
 (parrot_kernels/native/layer_ops.c) and the decode step's weight matmuls on AMX tiles
 (parrot_kernels/native/tile_matmul.c).
 
@@ -112,9 +113,10 @@ def _bind(lib: ctypes.CDLL, name: str, *argtypes) -> ctypes._CFuncPtr:
 
 
 class Library:
-    """The built library, loaded: `decode` (attention), `ops` (the per-layer ops), and on
-    AMX tiles `matmul` (the decode matmuls) and `shared` (attention of rows that share a
-    prefix); those two are None where the CPU or the OS does not offer the tiles."""
+    """The built library, loaded: `decode` (attention), `ops` (the per-layer ops), `shared`
+    (attention of rows that share a prefix: on AMX tiles, else in AVX-512 BF16 vectors; None
+    without AVX-512 BF16), and on AMX tiles `matmul` (the decode matmuls; None where the CPU
+    or the OS does not offer the tiles)."""
 
     def __init__(self, path: Path):
         lib = ctypes.CDLL(str(path))  # CDLL releases the GIL for each call's duration
@@ -124,8 +126,10 @@ class Library:
         self.ops = LayerOps(lib)
         # Asks the OS for the tile state once per process; False without AMX at build time.
         self.matmul = TileMatmul(lib) if lib.tile_matmul_available() else None
-        # Decode rows that share a prefix, on the same tiles (None where those are missing).
-        self.shared = SharedDecode(lib) if lib.shared_decode_available() else None
+        # Decode rows that share a prefix: on the same tiles where granted, else in vectors.
+        self.shared = None
+        if lib.shared_decode_available():
+            self.shared = SharedDecode(lib, tiles=bool(lib.shared_decode_tiles()))
         self.path = path
 
 
@@ -193,13 +197,18 @@ class SharedItems:
 
 
 class SharedDecode:
-    """Decode attention on AMX tiles for items of rows that share a prefix
+    """Decode attention for items of rows that share a prefix
     (parrot_kernels/native/shared_decode.c): the prefix's K and V are read once per item, and
-    rearranged for the tile products once for all the items over the same prefix blocks."""
+    rearranged for the two products once for all the items over the same prefix blocks. The
+    products run on AMX tiles with `tiles`, else in AVX-512 BF16 vectors (same results up to
+    float32 summation order)."""
 
-    def __init__(self, lib: ctypes.CDLL):
+    def __init__(self, lib: ctypes.CDLL, tiles: bool):
+        if tiles and not lib.shared_decode_tiles():
+            raise NativeError("shared_decode: AMX tiles were asked for but are not available")
         args = (_P, _I64, _P, _P, _P, _I64, _P, _I, _I, _I, _I, ctypes.c_float, _P, _P)
-        self._fn = _bind(lib, "shared_decode", *args, _P, _P, _P, _I, _I)
+        self._fn = _bind(lib, "shared_decode", *args, _P, _P, _P, _I, _I, _I)
+        self.tiles = tiles
 
     @staticmethod
     def rows_per_item(num_heads: int, num_kv_heads: int) -> int:
@@ -269,6 +278,7 @@ class SharedDecode:
             items.starts.data_ptr(),
             items.prefix.data_ptr(),
             len(items.prefix),
+            int(self.tiles),
             torch.get_num_threads(),
         )
         _ok(status, "shared_decode", q)

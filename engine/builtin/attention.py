@@ -10,14 +10,15 @@ attended in the batched decode call, and the two partial results are merged exac
     seq C blocks: [ P0 P1 P2 | c3 c4 c5 ]   merge by log-sum-exp
 
 That split is for the torch path and (as the same groups) the GPU's Triton kernels. With the
-C kernels on CPU, a group's rows go to the tile kernel in items of up to 16 query rows
-(parrot_kernels/native/shared_decode.c), which reads the prefix once per item (rearranged
-once for all the items over it) and attends to prefix and suffix in one online softmax, so
-no partial results are merged; the other rows go to the paged
-kernel, which reads each row's whole table in place. Without AMX tiles there are no groups
-on that path: the paged kernel reads the prefix again for every row, from the core's cache.
-The tile kernel also takes short prefill chunks (a user's question behind a long prompt):
-each token is a row over the keys up to itself, consecutive tokens share an item.
+C kernels on CPU, a group's rows go to the shared-prefix kernel in items of up to 16 query
+rows (parrot_kernels/native/shared_decode.c: on AMX tiles, else in AVX-512 BF16 vectors),
+which reads the prefix once per item (rearranged once for all the items over it) and attends
+to prefix and suffix in one online softmax, so no partial results are merged; the other rows
+go to the paged kernel, which reads each row's whole table in place. Where the shared-prefix
+kernel did not build (no AVX-512 BF16) there are no groups on the C path: the paged kernel
+reads the prefix again for every row. The shared-prefix kernel also takes short prefill
+chunks (a user's question behind a long prompt): each token is a row over the keys up to
+itself, consecutive tokens share an item.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
 MIN_SHARED_BLOCKS = 2
-# Prefill chunks up to this many tokens go to the tile kernel where it runs (CPU with AMX):
+# Prefill chunks up to this many tokens go to the shared-prefix kernel where it runs (CPU):
 # a few tokens over a long context, which the torch path gathers whole for every chunk.
 # Longer chunks keep the torch path's blocked causal attention.
 TILE_PREFILL_TOKENS = 64
@@ -72,7 +73,7 @@ class PrefillSpan:
     end: int
     slots: torch.Tensor | None  # every KV slot of the sequence up to the chunk's last token
     bias: torch.Tensor | None  # causal mask for the chunk's queries, built once for all layers
-    tiles: TileChunk | None = None  # instead of slots and bias: the tile kernel's items
+    tiles: TileChunk | None = None  # instead of slots and bias: the shared-prefix kernel's items
 
 
 def _slots(table: list[int], start_block: int, length: int, block_size: int) -> list[int]:
@@ -110,8 +111,8 @@ class AttentionPlan:
         self.prefills = prefills
         self.native = native
         self.threads = threads  # torch threads for the attention; None: the caller's
-        # The C path's shared-prefix items (tile kernel), and the lengths the paged kernel
-        # gets: 0 for the items' rows, which the tile kernel then writes.
+        # The C path's shared-prefix items, and the lengths the paged kernel gets: 0 for the
+        # items' rows, which the shared-prefix kernel then writes.
         self.shared = shared
         self.shared_items = shared_items
         self.paged_lens = paged_lens if paged_lens is not None else decode_lens
@@ -132,7 +133,7 @@ class AttentionPlan:
         """decodes: (block table, length incl. the new token); prefills: (table, start, n).
 
         `native`: the C decode kernel (parrot_kernels/native.py); None keeps the torch ops.
-        `shared`: with `native`, the tile kernel for shared-prefix groups (None: no groups).
+        `shared`: with `native`, the shared-prefix kernel for groups (None: no groups).
         `threads`: torch threads the attention runs on (engine/builtin/threads.py); None
         keeps the caller's count.
         """
@@ -158,7 +159,7 @@ class AttentionPlan:
 
         groups: list[SharedGroup] = []
         skip = [0] * len(decodes)  # leading blocks of each decode covered by its group
-        # With the C kernels, groups go to the tile kernel: the torch group path (gather,
+        # With the C kernels, groups go to the shared-prefix kernel: the torch group path (gather,
         # attend, merge: some 25 small ops per group and layer) took longer than the paged
         # kernel reading the prefix again for every row (docs/BENCHMARKS.md, "Engine").
         items: list[tuple[list[int], int]] = []

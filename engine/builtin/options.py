@@ -17,7 +17,7 @@ class EngineOptions:
     num_blocks: int | None = None  # default: from kv_cache_mb
     kv_cache_mb: int = 2048
     enable_prefix_cache: bool = True
-    # Shared-prefix attention groups; on CPU with AMX also the tile kernel as a whole (which
+    # Shared-prefix attention groups; on CPU also the C shared-prefix kernel as a whole (which
     # takes those groups and short prefill chunks).
     share_prefix_attention: bool = True
     native_kernels: bool = True  # CPU attention, layer ops, matmuls in C (parrot_kernels/native.py)

@@ -25,11 +25,11 @@ class ModelRunner:
         shared_decode: native.SharedDecode | None = None,
     ):
         """`native_decode`: the C decode attention kernel, used where the model's head
-        layout allows (CPU only); None keeps torch ops. `shared_decode`: with it, the tile
-        kernel for rows that share a prefix and for short prefill chunks (None: the paged
-        kernel reads each row's prefix, torch ops the prefills). `attention_threads`: when a
-        step's attention runs on more threads than the rest (CPU only;
-        engine/builtin/threads.py)."""
+        layout allows (CPU only); None keeps torch ops. `shared_decode`: with it, the
+        shared-prefix kernel for rows that share a prefix and for short prefill chunks (None:
+        the paged kernel reads each row's prefix, torch ops the prefills).
+        `attention_threads`: when a step's attention runs on more threads than the rest (CPU
+        only; engine/builtin/threads.py)."""
         self.model = model
         self.kv = kv
         self.share_prefixes = share_prefixes

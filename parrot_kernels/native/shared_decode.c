@@ -1,10 +1,11 @@
-/* Decode attention on AMX tiles for rows that share a prefix, read in place from the paged
- * bf16 cache. Built with the other CPU kernels into one library by parrot_kernels/native.py.
+/* Decode attention for rows that share a prefix, read in place from the paged bf16 cache, on
+ * AMX tiles or, without them, in AVX-512 BF16 vectors. Built with the other CPU kernels into
+ * one library by parrot_kernels/native.py.
  *
  * A work item is up to 16 query rows (the heads of one KV head in several sequences: one
  * tile's rows) that all attend to the same `prefix` tokens (the first member's blocks) and
  * each to its own tokens after it. The prefix's K and V are read once per item instead of
- * once per sequence, and both products run as tile multiplies:
+ * once per sequence, and both products run as tile multiplies (or their vector equivalent):
  *
  *   scores [rows x keys] = Q [rows x D] . K^T   (K packed 16 keys at a time: a dword transpose)
  *   out    [rows x D]    = P [rows x keys] . V  (V packed 32 keys at a time: pairs interleaved)
@@ -21,6 +22,13 @@
  * FUSE at a time on one thread: each span of the prefix is rearranged once and, while it is
  * in cache, used by every item of the unit.
  *
+ * Without AMX (or when the caller asks for it) the same products run in AVX-512 vectors over
+ * the same rearranged operands: a rearranged row of 16 keys' dimension pairs (or of 16
+ * dimensions' key pairs) is exactly the vector `vdpbf16ps` multiplies by one query's pair
+ * (or one row's pair of probabilities) broadcast, so no lane sums are needed, and only the
+ * item's live rows are computed. This is what gives CPUs without tiles the shared-prefix
+ * path: the paged kernel would read the prefix again, and sum lanes, for every row.
+ *
  * Layout as paged_decode.c; items: members[starts[i] .. starts[i+1]) are the batch rows of
  * item i, prefix[i] its shared tokens (a multiple of 16, below every member's length).
  */
@@ -32,7 +40,7 @@
 #include "bf16.h"
 #include "tiles.h"
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__)
+#if defined(__AVX512BF16__)
 
 #define ROWS 16 /* query rows per item: the rows of one tile */
 #define FUSE 8  /* items run together over one rearranged prefix */
@@ -40,8 +48,13 @@
 
 int tile_matmul_available(void); /* tile_matmul.c: asks the OS for the tile state */
 
-int shared_decode_available(void) { return tile_matmul_available(); }
+int shared_decode_available(void) { return 1; }
 
+/* Whether `tiles` may be set: AMX built in and granted by the OS. */
+int shared_decode_tiles(void) { return tile_matmul_available(); }
+
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+#define HAVE_TILES 1
 /* Tiles 0-3: float32 accumulators (16 x 16); 4: A (16 x 32 bf16); 5-7: B (16 x 32 bf16).
  * Every item uses all 16 rows (an item with fewer has zero queries in the rest), so one
  * configuration serves a whole call. */
@@ -55,6 +68,9 @@ static void configure(void) {
   }
   _tile_loadconfig(&cfg);
 }
+#else
+#define HAVE_TILES 0
+#endif
 
 /* r[j] lane i <- r[i] lane j, for 16 vectors of 16 dwords. */
 static inline void transpose16(__m512i r[16]) {
@@ -141,6 +157,7 @@ typedef struct {
 } item_state;
 
 typedef struct { /* a thread's scratch for one unit of up to FUSE items */
+  int tiles;        /* the products on AMX tiles (else in vectors) */
   item_state items[FUSE];
   uint16_t *kpack;  /* SPAN keys of K, rearranged: 64 keys [d/32][4 tiles][512] at a time */
   uint16_t *vpack;  /* SPAN keys of V, rearranged: [d/64 chunks][SPAN/32][4 tiles][512] */
@@ -206,12 +223,10 @@ static void pack_span(scratch *sc, const uint16_t *k, const uint16_t *v, const i
   }
 }
 
-/* One item over the first `len` keys of the packed span: the rows that see them (all, or
- * one member's) take them into their running softmax and weighted sum. */
-static void attend_span(item_state *it, const scratch *sc, int64_t len, int member, int g_count,
-                        int d, float scale) {
-  /* Scores, 64 keys (4 tiles of 16) at a time: four independent accumulators keep the
-   * tile unit busy where one would wait on each multiply's result. */
+#if HAVE_TILES
+/* scores [16 x len] = Q . K^T on tiles, 64 keys (4 tiles of 16) at a time: four independent
+ * accumulators keep the tile unit busy where one would wait on each multiply's result. */
+static void tile_scores(const item_state *it, const scratch *sc, int64_t len, int d) {
   for (int64_t t = 0; t < len; t += 64) {
     const int64_t left = len - t;
     const int chunks = left >= 64 ? 4 : (int)((left + 15) / 16);
@@ -238,6 +253,127 @@ static void attend_span(item_state *it, const scratch *sc, int64_t len, int memb
     if (chunks > 2) _tile_stored(2, dst + 32, SPAN * 4);
     if (chunks > 3) _tile_stored(3, dst + 48, SPAN * 4);
   }
+}
+
+/* acc [16 x D] += P [16 x cols] . V on tiles, 32 keys and up to 64 dims at a time. */
+static void tile_weighted(item_state *it, const scratch *sc, int64_t cols, int d) {
+  for (int d0 = 0; d0 < d; d0 += 64) {
+    const int nt = (d - d0) / 16 < 4 ? (d - d0) / 16 : 4;
+    float *acc = it->acc + d0;
+    const int64_t ld = (int64_t)d * 4;
+    _tile_loadd(0, acc, ld);
+    if (nt > 1) _tile_loadd(1, acc + 16, ld);
+    if (nt > 2) _tile_loadd(2, acc + 32, ld);
+    if (nt > 3) _tile_loadd(3, acc + 48, ld);
+    const uint16_t *vp = sc->vpack + d0 / 64 * (SPAN / 32 * 2048);
+    for (int64_t t = 0; t < cols; t += 32) {
+      _tile_loadd(4, sc->probs + t, SPAN * 2);
+      for (int j = 0; j < nt; j++) {
+        _tile_loadd(5, vp + t / 32 * nt * 512 + j * 512, 64);
+        /* Tile numbers are immediates: one call per accumulator. */
+        if (j == 0) _tile_dpbf16ps(0, 4, 5);
+        if (j == 1) _tile_dpbf16ps(1, 4, 5);
+        if (j == 2) _tile_dpbf16ps(2, 4, 5);
+        if (j == 3) _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    _tile_stored(0, acc, ld);
+    if (nt > 1) _tile_stored(1, acc + 16, ld);
+    if (nt > 2) _tile_stored(2, acc + 32, ld);
+    if (nt > 3) _tile_stored(3, acc + 48, ld);
+  }
+}
+#endif
+
+/* Query rows the vector products take at a time: 4 rows x 4 vectors of accumulators, plus
+ * the 4 operand vectors they share, fit the 32 vector registers. */
+#define VROWS 4
+
+static inline __m512bh pair_of(const uint16_t *p) { /* two bf16 at p, in every dword lane */
+  uint32_t x;
+  memcpy(&x, p, sizeof x);
+  return (__m512bh)_mm512_set1_epi32((int)x);
+}
+
+/* As tile_scores for the item's live rows, in vectors: row r's scores of 16 keys gather,
+ * dimension pair by pair, the products of its pair (broadcast) with the 16 keys' pairs (one
+ * row of a K tile). */
+static void vector_scores(const item_state *it, const scratch *sc, int64_t len, int d) {
+  for (int64_t t = 0; t < len; t += 64) {
+    const uint16_t *packed = sc->kpack + t / 64 * 64 * d;
+    for (int r0 = 0; r0 < it->m; r0 += VROWS) {
+      __m512 acc[VROWS][4];
+      for (int r = 0; r < VROWS; r++)
+        for (int j = 0; j < 4; j++) acc[r][j] = _mm512_setzero_ps();
+      for (int p = 0; p < d / 2; p++) { /* pair p: dims 2p, 2p + 1 */
+        const uint16_t *b = packed + (p / 16) * 4 * 512 + (p % 16) * 32;
+        __m512bh kv[4];
+        for (int j = 0; j < 4; j++) kv[j] = (__m512bh)_mm512_load_si512(b + j * 512);
+        for (int r = 0; r < VROWS; r++) {
+          const __m512bh qp = pair_of(it->q + (r0 + r) * d + 2 * p);
+          for (int j = 0; j < 4; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], qp, kv[j]);
+        }
+      }
+      /* Rows past m (zero queries) are stored too: the scratch has ROWS rows. */
+      for (int r = 0; r < VROWS; r++)
+        for (int j = 0; j < 4; j++)
+          _mm512_store_ps(sc->scores + (r0 + r) * SPAN + t + 16 * j, acc[r][j]);
+    }
+  }
+}
+
+/* As tile_weighted for the item's live rows and dims [d0, d0 + 16 * nt), in vectors: 16
+ * dims of row r gather, key pair by key pair, its two probabilities (broadcast) times the
+ * pair's values (one row of a V tile). Inlined for each constant nt: with a run-time bound
+ * GCC kept the accumulators in memory, which took twice as long as the scores. */
+static inline __attribute__((always_inline)) void weighted_dims(item_state *it,
+                                                                const scratch *sc, int64_t cols,
+                                                                int d, int d0, const int nt) {
+  const uint16_t *vp = sc->vpack + d0 / 64 * (SPAN / 32 * 2048);
+  for (int r0 = 0; r0 < it->m; r0 += VROWS) {
+    __m512 acc[VROWS][4];
+    for (int r = 0; r < VROWS; r++)
+      for (int j = 0; j < nt; j++)
+        acc[r][j] = _mm512_loadu_ps(it->acc + (r0 + r) * d + d0 + 16 * j);
+    for (int64_t t = 0; t < cols; t += 32) {
+      const uint16_t *block = vp + t / 32 * nt * 512;
+      for (int pair = 0; pair < 16; pair++) { /* keys t + 2 pair, t + 2 pair + 1 */
+        __m512bh vv[4];
+        for (int j = 0; j < nt; j++)
+          vv[j] = (__m512bh)_mm512_load_si512(block + j * 512 + pair * 32);
+        for (int r = 0; r < VROWS; r++) {
+          const __m512bh pp = pair_of(sc->probs + (r0 + r) * SPAN + t + 2 * pair);
+          for (int j = 0; j < nt; j++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], pp, vv[j]);
+        }
+      }
+    }
+    for (int r = 0; r < VROWS; r++)
+      for (int j = 0; j < nt; j++)
+        _mm512_storeu_ps(it->acc + (r0 + r) * d + d0 + 16 * j, acc[r][j]);
+  }
+}
+
+static void vector_weighted(item_state *it, const scratch *sc, int64_t cols, int d) {
+  for (int d0 = 0; d0 < d; d0 += 64) {
+    switch ((d - d0) / 16 < 4 ? (d - d0) / 16 : 4) {
+    case 4: weighted_dims(it, sc, cols, d, d0, 4); break;
+    case 3: weighted_dims(it, sc, cols, d, d0, 3); break;
+    case 2: weighted_dims(it, sc, cols, d, d0, 2); break;
+    default: weighted_dims(it, sc, cols, d, d0, 1); break;
+    }
+  }
+}
+
+/* One item over the first `len` keys of the packed span: the rows that see them (all, or
+ * one member's) take them into their running softmax and weighted sum. */
+static void attend_span(item_state *it, const scratch *sc, int64_t len, int member, int g_count,
+                        int d, float scale) {
+#if HAVE_TILES
+  if (sc->tiles)
+    tile_scores(it, sc, len, d);
+  else
+#endif
+    vector_scores(it, sc, len, d);
 
   /* Online softmax: a row whose max grows rescales what it has summed so far. The
    * probabilities go to bf16, 0 in the columns up to the next 32 that the row does not see. */
@@ -280,32 +416,13 @@ static void attend_span(item_state *it, const scratch *sc, int64_t len, int memb
     it->sums[r] += _mm512_reduce_add_ps(total);
   }
 
-  /* Weighted sum of V, 32 keys and up to 64 dims at a time, added to the row sums. */
-  for (int d0 = 0; d0 < d; d0 += 64) {
-    const int nt = (d - d0) / 16 < 4 ? (d - d0) / 16 : 4;
-    float *acc = it->acc + d0;
-    const int64_t ld = (int64_t)d * 4;
-    _tile_loadd(0, acc, ld);
-    if (nt > 1) _tile_loadd(1, acc + 16, ld);
-    if (nt > 2) _tile_loadd(2, acc + 32, ld);
-    if (nt > 3) _tile_loadd(3, acc + 48, ld);
-    const uint16_t *vp = sc->vpack + d0 / 64 * (SPAN / 32 * 2048);
-    for (int64_t t = 0; t < len; t += 32) {
-      _tile_loadd(4, sc->probs + t, SPAN * 2);
-      for (int j = 0; j < nt; j++) {
-        _tile_loadd(5, vp + t / 32 * nt * 512 + j * 512, 64);
-        /* Tile numbers are immediates: one call per accumulator. */
-        if (j == 0) _tile_dpbf16ps(0, 4, 5);
-        if (j == 1) _tile_dpbf16ps(1, 4, 5);
-        if (j == 2) _tile_dpbf16ps(2, 4, 5);
-        if (j == 3) _tile_dpbf16ps(3, 4, 5);
-      }
-    }
-    _tile_stored(0, acc, ld);
-    if (nt > 1) _tile_stored(1, acc + 16, ld);
-    if (nt > 2) _tile_stored(2, acc + 32, ld);
-    if (nt > 3) _tile_stored(3, acc + 48, ld);
+#if HAVE_TILES
+  if (sc->tiles) {
+    tile_weighted(it, sc, cols, d);
+    return;
   }
+#endif
+  vector_weighted(it, sc, cols, d);
 }
 
 /* A unit: n items over one KV head, whose prefixes lie in the blocks of `table` (the item
@@ -354,9 +471,11 @@ static void attend_unit(scratch *sc, int n, const int64_t *table, int64_t top, c
 int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const uint16_t *v,
                   const int64_t *tables, int64_t nb, const int64_t *lens, int hq, int hkv, int d,
                   int bs, float scale, uint16_t *out, float *lse, const int64_t *members,
-                  const int64_t *starts, const int64_t *prefix, int n_items, int threads) {
+                  const int64_t *starts, const int64_t *prefix, int n_items, int tiles,
+                  int threads) {
   const int g_count = hq / hkv;
   if (hq % hkv || g_count > ROWS || d % 32 || d > 256 || bs % 16) return -1;
+  if (tiles && !(HAVE_TILES && shared_decode_tiles())) return -1;
   for (int i = 0; i < n_items; i++) {
     const int64_t count = starts[i + 1] - starts[i];
     if (count < 1 || count * g_count > ROWS || prefix[i] < 0 || prefix[i] % 16) return -1;
@@ -410,11 +529,14 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
     if (ok) {
       memset(probs, 0, sizeof(uint16_t) * ROWS * SPAN); /* rows past an item's m: finite */
       sc->kpack = kpack, sc->vpack = vpack, sc->scores = scores, sc->probs = probs;
+      sc->tiles = tiles;
       for (int i = 0; i < FUSE; i++) {
         sc->items[i].q = qs + i * ROWS * d;
         sc->items[i].acc = accs + i * ROWS * d;
       }
-      configure();
+#if HAVE_TILES
+      if (tiles) configure();
+#endif
     }
 #pragma omp for schedule(dynamic, 1)
     for (int w = 0; w < n_units * hkv; w++) {
@@ -438,7 +560,9 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
       attend_unit(sc, n, tables + members[starts[top]] * nb, prefix[top], k, v, hq, hkv, h, d,
                   bs, scale, out, lse);
     }
-    if (ok) _tile_release();
+#if HAVE_TILES
+    if (ok && tiles) _tile_release();
+#endif
     free(sc), free(scores), free(probs), free(qs), free(accs), free(kpack), free(vpack);
   }
   free(order), free(unit_at), free(unit_top), free(placed);
@@ -449,13 +573,16 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
 
 int shared_decode_available(void) { return 0; }
 
+int shared_decode_tiles(void) { return 0; }
+
 int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const uint16_t *v,
                   const int64_t *tables, int64_t nb, const int64_t *lens, int hq, int hkv, int d,
                   int bs, float scale, uint16_t *out, float *lse, const int64_t *members,
-                  const int64_t *starts, const int64_t *prefix, int n_items, int threads) {
+                  const int64_t *starts, const int64_t *prefix, int n_items, int tiles,
+                  int threads) {
   (void)q, (void)q_stride, (void)k, (void)v, (void)tables, (void)nb, (void)lens, (void)hq;
   (void)hkv, (void)d, (void)bs, (void)scale, (void)out, (void)lse, (void)members, (void)starts;
-  (void)prefix, (void)n_items, (void)threads;
+  (void)prefix, (void)n_items, (void)tiles, (void)threads;
   return -1;
 }
 

@@ -105,14 +105,14 @@ LIB = native.load()
 
 
 @pytest.mark.skipif(
-    LIB is None or LIB.shared is None, reason="no AMX tiles for the shared-prefix C kernel here"
+    LIB is None or LIB.shared is None, reason="no AVX-512 BF16 for the shared-prefix C kernel here"
 )
 @pytest.mark.parametrize("seed", range(3))
-def test_tile_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
+def test_shared_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
     """SmolLM2's head layout (9 query heads over 3 KV heads): a group of 7 rows (more than one
-    item holds) and one of 2 go to the tile kernel, the loners and the prefill elsewhere; the
-    result matches the torch path's split-and-merge and the paged kernel alone; so do the
-    short prefill chunks the tile kernel takes."""
+    item holds) and one of 2 go to the shared-prefix kernel (the variant this machine runs),
+    the loners and the prefill elsewhere; the result matches the torch path's split-and-merge
+    and the paged kernel alone; so do the short prefill chunks the shared-prefix kernel takes."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     cfg = dataclasses.replace(tiny_config(), num_heads=9, num_kv_heads=3, head_dim=64)
@@ -129,7 +129,7 @@ def test_tile_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
             own = [free.pop() for _ in range(-(-suffix_len // BS))]
             decodes.append((prefix + own, len(prefix) * BS + suffix_len))
     decodes.insert(3, ([free.pop(), free.pop()], rng.randint(17, 32)))  # a loner mid-batch
-    # Prefill chunks: short ones go to the tile kernel (from the start, and 23 tokens after
+    # Prefill chunks: short ones go to the shared-prefix kernel (from the start, and 23 tokens after
     # 70: items over a 64- or 80-token prefix), a long one keeps the torch path.
     prefills = [
         ([free.pop() for _ in range(2)], 5, 11),

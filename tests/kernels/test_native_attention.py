@@ -3,6 +3,7 @@ inputs."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import random
 
@@ -140,8 +141,16 @@ def test_without_a_working_compiler_load_falls_back_with_the_reason(
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]  # nothing half-built left
 
 
-SHARED = LIB.shared if LIB else None
-needs_tiles = pytest.mark.skipif(SHARED is None, reason="no AMX tiles here")
+# The shared-prefix kernel's variants this machine runs: in AVX-512 BF16 vectors wherever it
+# built, and on AMX tiles where the OS grants them (both are tested there).
+SHARED_KERNELS = {}
+if LIB is not None and LIB.shared is not None:
+    _lib = ctypes.CDLL(str(LIB.path))
+    SHARED_KERNELS["vectors"] = native.SharedDecode(_lib, tiles=False)
+    if LIB.shared.tiles:
+        SHARED_KERNELS["tiles"] = native.SharedDecode(_lib, tiles=True)
+needs_shared = pytest.mark.skipif(not SHARED_KERNELS, reason="no AVX-512 BF16 here")
+over_variants = pytest.mark.parametrize("variant", sorted(SHARED_KERNELS) or ["none"])
 
 
 def _shared_case(seed: int, hq: int, hkv: int, d: int, prefix_blocks: int, own: list[int]):
@@ -154,15 +163,19 @@ def _shared_case(seed: int, hq: int, hkv: int, d: int, prefix_blocks: int, own: 
     return q, k, v, tables, padded, lens
 
 
-@needs_tiles
+@needs_shared
+@over_variants
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize(
-    ("hq", "hkv", "d"), [(9, 3, 64), (8, 8, 32), (8, 1, 128), (16, 1, 64), (4, 2, 256)]
+    ("hq", "hkv", "d"),
+    [(9, 3, 64), (8, 8, 32), (8, 1, 128), (16, 1, 64), (4, 2, 256), (4, 2, 96)],
 )
-def test_tile_kernel_matches_reference_for_rows_sharing_a_prefix(seed, hq, hkv, d):
+def test_shared_kernel_matches_reference_for_rows_sharing_a_prefix(variant, seed, hq, hkv, d):
     """Items as many rows as a tile holds over a shared prefix (with suffixes of uneven
     length: 1 token, a partial block, several blocks), one item of a single row, one row
-    left out; out and lse match the reference, and the row left out is not written."""
+    left out; out and lse match the reference, and the row left out is not written. D = 96
+    and 256 take the products' partial (32 dims) and several (64 dims) dimension chunks."""
+    shared = SHARED_KERNELS[variant]
     rng = random.Random(seed)
     own = [1, 15, 16, 17, 40] + [rng.randint(1, 70) for _ in range(6)]
     prefix = rng.randint(1, 5) * BS
@@ -174,7 +187,7 @@ def test_tile_kernel_matches_reference_for_rows_sharing_a_prefix(seed, hq, hkv, 
     lse = torch.full(q.shape[:2], 7.0)
     flat = (-1, hkv, d)
     items = native.SharedDecode.items(groups, len(lens))
-    SHARED(q, k.view(flat), v.view(flat), padded, torch.tensor(lens), BS, d**-0.5, items, out, lse)
+    shared(q, k.view(flat), v.view(flat), padded, torch.tensor(lens), BS, d**-0.5, items, out, lse)
     ref_out, ref_lse = reference_paged_decode(q, k, v, tables, lens)
     done = sorted(r for rs, _ in groups for r in rs)
     assert done == list(range(10))
@@ -183,8 +196,9 @@ def test_tile_kernel_matches_reference_for_rows_sharing_a_prefix(seed, hq, hkv, 
     assert (out[10] == 7.0).all() and (lse[10] == 7.0).all()
 
 
-@needs_tiles
-def test_tile_kernel_refuses_items_it_cannot_compute():
+@needs_shared
+@over_variants
+def test_shared_kernel_refuses_items_it_cannot_compute(variant):
     q, k, v, _, padded, lens = _shared_case(0, 9, 3, 64, 2, [5, 9, 3, 4, 6, 7])
     flat, lens_t = (-1, 3, 64), torch.tensor(lens)
     out, lse = torch.empty(q.shape, dtype=torch.bfloat16), torch.empty(q.shape[:2])
@@ -196,14 +210,17 @@ def test_tile_kernel_refuses_items_it_cannot_compute():
     for groups in bad:
         items = native.SharedDecode.items(groups, len(lens))
         with pytest.raises(native.NativeError):
-            SHARED(q, k.view(flat), v.view(flat), padded, lens_t, BS, 0.125, items, out, lse)
+            SHARED_KERNELS[variant](
+                q, k.view(flat), v.view(flat), padded, lens_t, BS, 0.125, items, out, lse
+            )
     assert not native.SharedDecode.supports(torch.bfloat16, 6, 3, 48, 16)
     assert not native.SharedDecode.supports(torch.bfloat16, 9, 3, 64, 8)
 
 
-@needs_tiles
+@needs_shared
+@over_variants
 @pytest.mark.parametrize("threads", [1, 2])
-def test_tile_kernel_runs_items_over_one_long_prefix_together(threads):
+def test_shared_kernel_runs_items_over_one_long_prefix_together(variant, threads):
     """A prefix of several key spans, many items over it, one of them over a shorter prefix
     of the same blocks: the kernel runs such items as one unit (the prefix rearranged once,
     the softmax online across spans) and still matches the reference row by row."""
@@ -221,7 +238,7 @@ def test_tile_kernel_runs_items_over_one_long_prefix_together(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        SHARED(
+        SHARED_KERNELS[variant](
             q, k.view(flat), v.view(flat), padded, torch.tensor(lens), BS, d**-0.5, items, out, lse
         )
     finally:
@@ -229,3 +246,10 @@ def test_tile_kernel_runs_items_over_one_long_prefix_together(threads):
     ref_out, ref_lse = reference_paged_decode(q, k, v, tables, lens)
     assert (out.float() - ref_out.float()).abs().max() < 0.03
     assert (lse - ref_lse).abs().max() < 1e-3
+
+
+@needs_shared
+@pytest.mark.skipif("tiles" in SHARED_KERNELS, reason="AMX tiles are granted here")
+def test_asking_for_tiles_where_there_are_none_is_refused():
+    with pytest.raises(native.NativeError, match="AMX tiles"):
+        native.SharedDecode(ctypes.CDLL(str(LIB.path)), tiles=True)

@@ -1,6 +1,7 @@
-"""The real model in bf16 on the C path: forked rows decode through the shared-prefix tile
-kernel and produce what the paged kernel alone produces, up to bf16 rounding: the two kernels
-round differently, so greedy choices may part where the top two tokens are nearly tied."""
+"""The real model in bf16 on the C path: forked rows decode through the shared-prefix kernel
+(on AMX tiles where granted, else in AVX-512 BF16 vectors) and produce what the paged kernel
+alone produces, up to bf16 rounding: the two kernels round differently, so greedy choices may
+part where the top two tokens are nearly tied."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from parrot_kernels import native
 
 LIB = native.load()
 pytestmark = pytest.mark.skipif(
-    LIB is None or LIB.shared is None, reason="no AMX tiles for the shared-prefix C kernel here"
+    LIB is None or LIB.shared is None, reason="no AVX-512 BF16 for the shared-prefix C kernel here"
 )
 
 
 async def _forked_outputs(model, share: bool) -> tuple[list[list], int]:
     """Six rows forked from one 100-token prefix, 8 greedy tokens each (with their logprobs
-    and the runner-up); also how many times the tile kernel ran."""
+    and the runner-up); also how many times the shared-prefix kernel ran."""
     engine = BuiltinEngine(
         model, EngineOptions(dtype="bfloat16", num_blocks=256, share_prefix_attention=share)
     )
@@ -60,10 +61,10 @@ async def _forked_outputs(model, share: bool) -> tuple[list[list], int]:
     return outs, calls
 
 
-async def test_forked_rows_use_the_tile_kernel_and_match_the_paged_kernel(embedded_model):
+async def test_forked_rows_use_the_shared_kernel_and_match_the_paged_kernel(embedded_model):
     shared, tile_calls = await _forked_outputs(embedded_model, share=True)
     paged, none = await _forked_outputs(embedded_model, share=False)
-    # Every decode step of the six rows went through the tile kernel (once per layer).
+    # Every decode step of the six rows went through the shared-prefix kernel (once a layer).
     assert tile_calls >= 7 * embedded_model.config.num_layers and none == 0
     # The model runs in bf16: logits of 8-32 are 0.06-0.125 apart, and the two kernels'
     # rounding moves a logprob by a few such steps.
