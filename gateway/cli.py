@@ -341,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _engine_parser(sub)
-    b = sub.add_parser("bench", help="run a benchmark: gateway, engine, apps, gpu, cluster")
+    b = sub.add_parser(
+        "bench", help="run a benchmark: gateway, engine, attention, apps, gpu, cluster"
+    )
     b.add_argument("name")
     b.add_argument("args", nargs=argparse.REMAINDER)
     # Listed for --help only: main() hands its flags to loadtest.soak's own parser.
