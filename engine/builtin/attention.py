@@ -45,9 +45,11 @@ if TYPE_CHECKING:
 
 # A shared prefix shorter than this many blocks is not worth a separate attention call.
 MIN_SHARED_BLOCKS = 2
-# Prefill chunks up to this many tokens go to the shared-prefix kernel where it runs (CPU):
-# a few tokens over a long context, which the torch path gathers whole for every chunk.
-# Longer chunks keep the torch path's blocked causal attention.
+# Prefill chunks up to this many tokens go to the shared-prefix kernel on AMX tiles: a few
+# tokens over a long context, which the torch path gathers whole for every chunk. Longer
+# chunks keep the torch path's blocked causal attention, which runs on the same tiles. The
+# kernel's vector variant (no AMX) takes every chunk: there torch's attention measured about
+# 4x slower than the kernel at every chunk size (docs/BENCHMARKS.md, "Engine").
 TILE_PREFILL_TOKENS = 64
 
 
@@ -149,7 +151,11 @@ class AttentionPlan:
         for table, start, n in prefills:
             slots = _slots(table, 0, start + n, bs)
             slot_mapping.extend(slots[start:])
-            if native is not None and shared is not None and n <= TILE_PREFILL_TOKENS:
+            if (
+                native is not None
+                and shared is not None
+                and (n <= TILE_PREFILL_TOKENS or not shared.tiles)
+            ):
                 tiles = _tile_chunk(shared, table, start, n, num_heads, kv.k.shape[2], bs)
                 spans.append(PrefillSpan(row, row + n, None, None, tiles))
             else:
