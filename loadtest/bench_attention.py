@@ -35,6 +35,7 @@ from engine.builtin.model_files import LoadedModel, load_model
 from engine.builtin.options import EngineOptions
 from engine.builtin.scheduler import SchedulerConfig
 from engine.protocol import FillRequest, GenerateRequest, SamplingParams
+from loadtest.results import write_json
 from parrot_kernels import native
 
 BS = 16
@@ -248,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             for key, share in (("on", True), ("off", False))
         }
     print(_table(res, args))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {args.json}")
+    write_json(args.json, res)
     return 0
 
 

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import random
 import time
-from pathlib import Path
 
 import torch
 
@@ -24,6 +22,7 @@ from engine.builtin.model_files import LoadedModel, load_model
 from engine.builtin.options import EngineOptions
 from engine.builtin.scheduler import SchedulerConfig
 from engine.protocol import FillRequest, GenerateRequest, SamplingParams
+from loadtest.results import write_json
 
 DECODE_CONTEXT = 16  # default prompt tokens before a decode run (the table says when it differs)
 
@@ -238,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_transformers:
         res["transformers"] = bench_transformers(model, args)
     print(_table(res, args))
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {args.json}")
+    write_json(args.json, res)
     return 0
 
 

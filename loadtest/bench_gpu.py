@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import random
 import statistics
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 
 import torch
 
@@ -32,6 +30,7 @@ from engine.builtin.options import EngineOptions
 from engine.builtin.scheduler import SchedulerConfig
 from engine.builtin.tokenizer import Tokenizer
 from engine.protocol import FillRequest, GenerateRequest, SamplingParams
+from loadtest.results import write_json
 
 # (layers, hidden, heads, kv heads, intermediate, tied embeddings); vocab 128256 for both.
 SHAPES = {"8b": (32, 4096, 32, 8, 14336, False), "1b": (16, 2048, 32, 8, 8192, True)}
@@ -248,9 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bing_shape not in ("none", *args.shapes):
         res["bing"] = asyncio.run(bench_bing(random_model(args.bing_shape), args))
     _print(res)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(res, indent=2))
-    print(f"\nwrote {args.json}")
+    write_json(args.json, res)
     return 0
 
 
