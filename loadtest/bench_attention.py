@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import json
 import os
 import random
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from engine.builtin.attention import split_group
 from engine.builtin.engine import BuiltinEngine
 from engine.builtin.model_files import LoadedModel, load_model
 from engine.builtin.options import EngineOptions
@@ -63,9 +63,7 @@ def _rows_case(prompts: list[int], rows: int, own: int, layers: int):
             nxt += mine
             lens.append(blocks * BS + own)
             members.append(len(tables) - 1)
-        count = -(-len(members) // per)  # as AttentionPlan.build spreads a group over items
-        size = -(-len(members) // count)
-        groups += [(members[i : i + size], blocks * BS) for i in range(0, len(members), size)]
+        groups += [(part, blocks * BS) for part in split_group(members, per)]
     width = max(len(t) for t in tables)
     padded = torch.zeros(len(tables), width, dtype=torch.long)
     for i, t in enumerate(tables):
@@ -86,10 +84,7 @@ def bench_kernels(lib: native.Library, args) -> dict:
     q, ks, vs, tables, lens, items = _rows_case(args.prompts, args.rows, args.own, args.layers)
     scale = D**-0.5
     variants = {"paged": None}
-    if lib.shared is not None:
-        variants["shared, vectors"] = native.SharedDecode(ctypes.CDLL(str(lib.path)), tiles=False)
-        if lib.shared.tiles:
-            variants["shared, tiles"] = lib.shared
+    variants.update({f"shared, {name}": k for name, k in lib.shared_variants().items()})
     evict = torch.empty(EVICT_MB << 20, dtype=torch.uint8)
 
     def run(kernel, layer: int) -> None:

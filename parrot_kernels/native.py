@@ -131,6 +131,18 @@ class Library:
         if lib.shared_decode_available():
             self.shared = SharedDecode(lib, tiles=bool(lib.shared_decode_tiles()))
         self.path = path
+        self._lib = lib
+
+    def shared_variants(self) -> dict[str, SharedDecode]:
+        """Every variant of the shared-prefix kernel this machine runs, by name: "vectors"
+        wherever it built, and "tiles" where the OS grants them (for tests and benchmarks;
+        the engine takes `shared`)."""
+        if self.shared is None:
+            return {}
+        variants = {"vectors": SharedDecode(self._lib, tiles=False)}
+        if self.shared.tiles:
+            variants["tiles"] = self.shared
+        return variants
 
 
 class PagedDecode:

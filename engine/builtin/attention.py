@@ -172,9 +172,7 @@ class AttentionPlan:
         if share_prefixes and native is not None and shared is not None and len(decodes) > 1:
             per = shared.rows_per_item(num_heads, kv.k.shape[2])
             for rows, num_blocks in _shared_groups(decodes):
-                count = -(-len(rows) // per)  # items, then rows spread evenly over them
-                size = -(-len(rows) // count)
-                items += [(rows[i : i + size], num_blocks * bs) for i in range(0, len(rows), size)]
+                items += [(part, num_blocks * bs) for part in split_group(rows, per)]
         elif share_prefixes and native is None and len(decodes) > 1:
             for rows, num_blocks in _shared_groups(decodes):
                 groups.append(
@@ -290,6 +288,14 @@ class AttentionPlan:
             self.decode_bias,
             self.scale,
         )
+
+
+def split_group(rows: list[int], per: int) -> list[list[int]]:
+    """A group's rows as items of at most `per`: as few items as that allows, the rows
+    spread evenly over them (7 rows at 5 per item: 4 and 3, not 5 and 2)."""
+    count = -(-len(rows) // per)
+    size = -(-len(rows) // count)
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
 def _tile_chunk(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import random
 
@@ -140,9 +139,7 @@ def test_shared_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
     ]
     q, k, v = _step_qkv(cfg, len(decodes) + 11 + 23 + 70, torch.bfloat16)
     outs = []
-    variants = [native.SharedDecode(ctypes.CDLL(str(LIB.path)), tiles=False)]
-    if LIB.shared.tiles:
-        variants.append(LIB.shared)
+    variants = LIB.shared_variants().values()
     for paged, shared in ((None, None), (LIB.decode, None), *((LIB.decode, s) for s in variants)):
         plan = AttentionPlan.build(
             kv, cfg.head_dim**-0.5, cfg.num_heads, decodes, prefills, native=paged, shared=shared

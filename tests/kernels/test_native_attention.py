@@ -143,12 +143,7 @@ def test_without_a_working_compiler_load_falls_back_with_the_reason(
 
 # The shared-prefix kernel's variants this machine runs: in AVX-512 BF16 vectors wherever it
 # built, and on AMX tiles where the OS grants them (both are tested there).
-SHARED_KERNELS = {}
-if LIB is not None and LIB.shared is not None:
-    _lib = ctypes.CDLL(str(LIB.path))
-    SHARED_KERNELS["vectors"] = native.SharedDecode(_lib, tiles=False)
-    if LIB.shared.tiles:
-        SHARED_KERNELS["tiles"] = native.SharedDecode(_lib, tiles=True)
+SHARED_KERNELS = LIB.shared_variants() if LIB is not None else {}
 needs_shared = pytest.mark.skipif(not SHARED_KERNELS, reason="no AVX-512 BF16 here")
 over_variants = pytest.mark.parametrize("variant", sorted(SHARED_KERNELS) or ["none"])
 
