@@ -118,6 +118,9 @@ class AttentionPlan:
         self.shared = shared
         self.shared_items = shared_items
         self.paged_lens = paged_lens if paged_lens is not None else decode_lens
+        # Whether any decode row is left to the paged kernel: where the shared-prefix items
+        # cover them all, its call (one a layer, with nothing to read) is skipped.
+        self.paged_rows = self.paged_lens is not None and bool(self.paged_lens.any())
 
     @classmethod
     def build(
@@ -272,9 +275,13 @@ class AttentionPlan:
         """Each decode row against its own (private) blocks: output and log-sum-exp."""
         bs = self.kv.block_size
         if self.native is not None:
-            out, lse = self.native(
-                q, k_flat, v_flat, self.decode_tables, self.paged_lens, bs, self.scale
-            )
+            if self.paged_rows or self.shared_items is None:
+                out, lse = self.native(
+                    q, k_flat, v_flat, self.decode_tables, self.paged_lens, bs, self.scale
+                )
+            else:
+                out = torch.empty(q.shape, dtype=q.dtype)
+                lse = torch.empty(q.shape[:2], dtype=torch.float32)
             if self.shared_items is not None:
                 items, tables, lens = self.shared_items, self.decode_tables, self.decode_lens
                 self.shared(q, k_flat, v_flat, tables, lens, bs, self.scale, items, out, lse)

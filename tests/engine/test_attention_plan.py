@@ -107,12 +107,14 @@ LIB = native.load()
 @pytest.mark.skipif(
     LIB is None or LIB.shared is None, reason="no AVX-512 BF16 for the shared-prefix C kernel here"
 )
+@pytest.mark.parametrize("loner", [True, False])
 @pytest.mark.parametrize("seed", range(3))
-def test_shared_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
+def test_shared_kernel_takes_shared_groups_and_agrees_with_torch(seed: int, loner: bool):
     """SmolLM2's head layout (9 query heads over 3 KV heads): a group of 7 rows (more than one
     item holds) and one of 2 go to the shared-prefix kernel (the variant this machine runs),
-    the loners and the prefill elsewhere; the result matches the torch path's split-and-merge
-    and the paged kernel alone; so do the short prefill chunks the shared-prefix kernel takes."""
+    the loner (if any) and the prefill elsewhere; the result matches the torch path's
+    split-and-merge and the paged kernel alone; so do the short prefill chunks the
+    shared-prefix kernel takes. Without a loner the paged kernel has no row and is not called."""
     rng = random.Random(seed)
     torch.manual_seed(seed)
     cfg = dataclasses.replace(tiny_config(), num_heads=9, num_kv_heads=3, head_dim=64)
@@ -128,7 +130,8 @@ def test_shared_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
             suffix_len = rng.randint(1, 40)
             own = [free.pop() for _ in range(-(-suffix_len // BS))]
             decodes.append((prefix + own, len(prefix) * BS + suffix_len))
-    decodes.insert(3, ([free.pop(), free.pop()], rng.randint(17, 32)))  # a loner mid-batch
+    if loner:
+        decodes.insert(3, ([free.pop(), free.pop()], rng.randint(17, 32)))  # mid-batch
     # Prefill chunks: short ones go to the shared-prefix kernel (from the start, and 23 tokens
     # after 70: items over a 64- or 80-token prefix); a long one too in its vector variant,
     # while on AMX tiles it keeps the torch path.
@@ -147,7 +150,8 @@ def test_shared_kernel_takes_shared_groups_and_agrees_with_torch(seed: int):
         if shared is not None:
             # 7 rows at 5 per item: two items of 3 and 4; then the group of 2.
             assert plan.shared_items.starts.diff().tolist() == [4, 3, 2]
-            assert plan.paged_lens[3] > 0 and (plan.paged_lens == 0).sum() == 9
+            assert (plan.paged_lens == 0).sum() == 9 and plan.paged_rows == loner
+            assert not loner or plan.paged_lens[3] > 0
             taken = [s.tiles is not None for s in plan.prefills]
             assert taken == [True, True, not shared.tiles]
             assert plan.prefills[1].tiles.items.prefix.tolist() == [64, 64, 80, 80, 80]
