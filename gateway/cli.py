@@ -97,9 +97,7 @@ def _builtin_flags(p: argparse.ArgumentParser) -> None:
         help="seconds throughput work waits for the latency-critical call a finished one "
         "feeds (the next link of a chain) before taking the engine (default 0.05; 0: off)",
     )
-    g.add_argument(
-        "--threads", type=int, help="torch threads (default: all cores but one, left to the server)"
-    )
+    g.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     g.add_argument(
         "--attention-threads",
         type=int,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from engine.builtin.threads import machine_cores
 from engine.client import EngineClient
 from engine.remote import RemoteEngine
 from gateway.settings import Settings
@@ -22,17 +21,6 @@ def local_engines(settings: Settings) -> list[EngineClient]:
     return [builtin_engine(settings)]
 
 
-def serving_threads(cores: int | None = None) -> int:
-    """Torch threads for an engine that shares its process with an HTTP server: all cores
-    but one, so that the server's event loop (parsing, tokenizing, answering) has a core of
-    its own. On a 2-core machine one thread served every quick application workload faster
-    than two; the likely cause, the loop preempting a thread of the forward pass's team, is
-    inferred, not traced. Steps over long contexts still run their attention on every core
-    (engine/builtin/threads.py), where two threads won (docs/BENCHMARKS.md, "Engine threads
-    when serving")."""
-    return max(1, (machine_cores() if cores is None else cores) - 1)
-
-
 def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineClient:
     from engine.builtin.factory import create_builtin_engine
 
@@ -44,7 +32,7 @@ def builtin_engine(settings: Settings, engine_id: str = "builtin-0") -> EngineCl
         kv_cache_mb=settings.kv_cache_mb,
         enable_prefix_cache=settings.prefix_cache,
         native_kernels=settings.native_kernels,
-        num_threads=settings.threads or serving_threads(),
+        num_threads=settings.threads,  # None: every core (torch's default)
         attention_threads=settings.attention_threads,
         wide_attention_context=settings.wide_attention_context,
         max_batch_size=settings.max_batch_size,

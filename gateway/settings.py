@@ -35,7 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     latency_step_tokens: int = 128  # a step holding throughput work while latency is live
     throughput_share: float = 0.1  # of recent step time, throughput's while latency is live
     followup_hold_s: float = 0.05  # throughput waits this long for a latency follow-up
-    threads: int | None = None  # None: all cores but one (gateway/engines.py serving_threads)
+    threads: int | None = None  # None: all cores (torch's default)
     attention_threads: int | None = None  # long-context attention; None: all cores
     wide_attention_context: int = 2048  # mean keys per token (engine/builtin/threads.py)
     step_trace: str | None = None  # a JSON line per engine step, for profiling

@@ -21,7 +21,7 @@ import torch
 
 from engine.builtin.block_manager import BlockManager
 from engine.builtin.contexts import ContextTable
-from engine.builtin.cpu_tuning import tune_malloc
+from engine.builtin.cpu_tuning import release_openmp_team, tune_malloc
 from engine.builtin.kv_cache import KVCache
 from engine.builtin.model import LlamaModel
 from engine.builtin.model_files import LoadedModel
@@ -144,6 +144,11 @@ class BuiltinEngine:
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="parrot-engine", daemon=True)
         self._thread.start()
+        if self.options.device == "cpu":
+            # Building the model and cache here left this thread an OpenMP team that makes
+            # every parallel region of the engine's steps wake a sleeping worker
+            # (engine/builtin/cpu_tuning.py).
+            release_openmp_team()
 
     async def close(self) -> None:
         if self._thread is None:

@@ -1,11 +1,11 @@
 """How many torch threads a step's attention runs on.
 
-On a small CPU the engine shares its cores with the HTTP server in the same process. Served
-on 2 cores, a second thread made steps over short contexts slower, even when only their
-attention used it, while giving it to the attention of steps over long contexts made those
-steps up to 1.65x faster (docs/BENCHMARKS.md, "Engine threads when serving"). So a step's
-attention runs on all cores when its tokens attend to long contexts, and everything else on
-the engine's own thread count.
+The engine runs on every core by default. Given fewer (`--threads`, e.g. to leave a core to
+something else), a step's attention may still run on all cores when its tokens attend to
+long contexts, where a second thread made steps up to 1.65x faster; steps over short contexts
+were measured slower with the second thread then (docs/BENCHMARKS.md, "Engine threads when
+serving": measured while every parallel region of a step paid for waking a sleeping OpenMP
+worker, engine/builtin/cpu_tuning.py).
 """
 
 from __future__ import annotations

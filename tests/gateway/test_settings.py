@@ -50,11 +50,10 @@ def test_bad_settings_are_rejected(tmp_path: Path) -> None:
         Settings().port = 1  # type: ignore[misc]
 
 
-def test_the_served_engine_leaves_a_core_to_the_server(monkeypatch) -> None:
+def test_the_served_engine_gets_every_core_unless_told(monkeypatch) -> None:
     from engine.builtin import factory
-    from gateway.engines import builtin_engine, serving_threads
+    from gateway.engines import builtin_engine
 
-    assert [serving_threads(n) for n in (1, 2, 16)] == [1, 1, 15]
     seen: list[tuple] = []
 
     def fake_create_builtin_engine(model, **options):  # records the options, builds nothing
@@ -64,6 +63,6 @@ def test_the_served_engine_leaves_a_core_to_the_server(monkeypatch) -> None:
 
     monkeypatch.setattr(factory, "create_builtin_engine", fake_create_builtin_engine)
     builtin_engine(Settings())
-    builtin_engine(Settings(threads=3, attention_threads=5, wide_attention_context=100))
-    # Long-context attention keeps every core unless told otherwise (None: all of them).
-    assert seen == [(serving_threads(), None, 2048), (3, 5, 100)]
+    builtin_engine(Settings(threads=1, attention_threads=5, wide_attention_context=100))
+    # None: the engine keeps torch's own count (every core), attention included.
+    assert seen == [(None, None, 2048), (1, 5, 100)]
