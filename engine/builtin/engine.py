@@ -145,9 +145,9 @@ class BuiltinEngine:
         self._thread = threading.Thread(target=self._run, name="parrot-engine", daemon=True)
         self._thread.start()
         if self.options.device == "cpu":
-            # Building the model and cache here left this thread an OpenMP team that makes
-            # every parallel region of the engine's steps wake a sleeping worker
-            # (engine/builtin/cpu_tuning.py).
+            # The thread that built the model and cache (normally the one starting the
+            # engine) holds an OpenMP team beside the step thread's, which makes every
+            # parallel region of a step wake a sleeping worker (engine/builtin/cpu_tuning.py).
             release_openmp_team()
 
     async def close(self) -> None:
