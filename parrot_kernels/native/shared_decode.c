@@ -515,7 +515,8 @@ int shared_decode(const uint16_t *q, int64_t q_stride, const uint16_t *k, const 
   unit_at[n_units] = n_placed;
   /* Largest units first: the threads take work in order, so a long prefix left for last
    * keeps one thread busy while the others idle (four prompts of 1.1k-7.4k tokens in the
-   * order given left a thread idle for about a tenth of the call). A unit's work is about
+   * order given: a thread idle for about 8% of the call, by a simulation of the schedule;
+   * 30 layers of 48 rows over them measured 38 -> 32 ms hot). A unit's work is about
    * its longest prefix times its rows, plus its members' own tokens. */
   int64_t *cost = malloc(sizeof(int64_t) * (n_units + 1));
   int *by_cost = malloc(sizeof(int) * (n_units + 1));
