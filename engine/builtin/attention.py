@@ -275,7 +275,7 @@ class AttentionPlan:
         """Each decode row against its own (private) blocks: output and log-sum-exp."""
         bs = self.kv.block_size
         if self.native is not None:
-            if self.paged_rows or self.shared_items is None:
+            if self.paged_rows:
                 out, lse = self.native(
                     q, k_flat, v_flat, self.decode_tables, self.paged_lens, bs, self.scale
                 )

@@ -11,7 +11,7 @@
   own, so a process held two teams; once a process holds more OpenMP threads than it has
   cores, GNU OpenMP lets idle workers spin only briefly before they sleep, and every parallel
   region of a step then waits for a sleeping worker to be woken. On a 2-core VM an empty
-  two-thread region took 47-90 us on the step thread against under 1 us once the caller's
+  two-thread region took 42-90 us on the step thread against about 1 us once the caller's
   team was released (docs/BENCHMARKS.md, "Engine threads when serving").
   `release_openmp_team` ends the calling thread's team (its workers exit); a later parallel
   region on that thread starts a new one.
